@@ -1,0 +1,26 @@
+"""jaxlr: long-range electrostatics for atomistic machine learning in JAX."""
+
+from jaxlr import cell, kernels, neighbors, units
+from jaxlr._api import (
+    PreparedEnergy,
+    electrostatic_energy,
+    electrostatic_potential,
+    energy_forces_stress,
+    prepare_energy,
+)
+from jaxlr.units import COULOMB
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "COULOMB",
+    "PreparedEnergy",
+    "cell",
+    "electrostatic_energy",
+    "electrostatic_potential",
+    "energy_forces_stress",
+    "kernels",
+    "neighbors",
+    "prepare_energy",
+    "units",
+]

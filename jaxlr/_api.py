@@ -1,0 +1,279 @@
+"""Public entry points: electrostatic energy and potential, prepared energy functions,
+and energy / forces / stress by autodiff."""
+
+from __future__ import annotations
+
+import numpy as np
+import jax
+import jax.numpy as jnp
+
+from jaxlr.cell import validate_cell, validate_positions
+from jaxlr.kernels.coulomb import coulomb_potential
+from jaxlr.kernels.ewald import EwaldConfig, ewald_energy, ewald_potential
+from jaxlr.kernels.tuning import tune_ewald
+from jaxlr.neighbors import neighbor_list
+from jaxlr.units import COULOMB
+
+__all__ = [
+    "electrostatic_energy",
+    "electrostatic_potential",
+    "prepare_energy",
+    "PreparedEnergy",
+    "energy_forces_stress",
+]
+
+METHODS = ("auto", "direct", "ewald")
+
+
+def _validate(positions, charges, cell, pbc, method, accuracy, sigma):
+    pos = validate_positions(positions)
+    q = np.asarray(charges)
+    if q.shape != (len(pos),):
+        raise ValueError(f"charges must have shape ({len(pos)},) to match positions, got {q.shape}")
+    if not np.all(np.isfinite(q)):
+        raise ValueError("charges has non-finite values")
+    cell_np, pbc = validate_cell(None if cell is None else np.asarray(cell), pbc)
+    if method not in METHODS:
+        raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+    if not (0.0 < accuracy < 1.0):
+        raise ValueError(f"accuracy must be in (0, 1), got {accuracy}")
+    if sigma is not None:
+        s = np.asarray(sigma, dtype=np.float64)
+        if s.ndim not in (0, 1) or (s.ndim == 1 and s.shape != (len(pos),)):
+            raise ValueError(f"sigma must be a scalar or shape ({len(pos)},), got {s.shape}")
+        if not np.all(np.isfinite(s)) or np.any(s <= 0):
+            raise ValueError(f"sigma must be positive and finite, got min {s.min()}")
+    periodic = any(pbc)
+    if periodic and not all(pbc):
+        raise ValueError(
+            f"pbc={pbc}: slab (mixed) periodicity needs the slab correction, which "
+            "method='ewald' does not implement; use a 3D-periodic cell with vacuum "
+            "or pbc=False"
+        )
+    if method == "auto":
+        method = "ewald" if periodic else "direct"
+    if method == "direct" and periodic:
+        total = float(q.sum())
+        raise ValueError(
+            f"method='direct' cannot sum a periodic cell (charges sum to {total:.6g}; "
+            "a lattice sum is only conditionally convergent): use method='ewald', "
+            "or cell=None for a molecule"
+        )
+    if method == "ewald" and not periodic:
+        raise ValueError("method='ewald' needs a periodic cell; pass cell=... or method='direct'")
+    return pos, q, cell_np, pbc, method
+
+
+class PreparedEnergy:
+    """A pure energy function prepared on the host by :func:`prepare_energy`.
+
+    ``fn(positions, charges, cell=None) -> E`` (eV) is pure: jit, grad and vmap take
+    it, it does no host work, and it rebuilds its pairs inside jit within the
+    capacities sized at preparation. Compilation depends only on shapes and the
+    frozen config, never on the values of positions, charges or cell.
+
+    Overflow (more atoms per bin or pairs than the capacity, or a cell shrunk below
+    the bin grid) is never truncated: ``fn`` raises a runtime error (the energy is
+    NaN if the error is caught), and :meth:`energy_and_overflow` returns the flag
+    instead, for loops that re-prepare on the host.
+
+    Attributes:
+      method: "direct" or "ewald".
+      config: :class:`~jaxlr.kernels.EwaldConfig` (None for direct).
+      estimated_error: estimated absolute energy error in eV (0 for direct).
+      neighbors: the jit neighbour list (None for direct).
+    """
+
+    def __init__(self, method, config, neighbors, pbc, sigma, prefactor, estimated_error):
+        self.method = method
+        self.config = config
+        self.neighbors = neighbors
+        self.pbc = pbc
+        self.sigma = sigma
+        self.prefactor = prefactor
+        self.estimated_error = estimated_error
+
+    def __repr__(self):
+        return (f"PreparedEnergy(method={self.method!r}, config={self.config}, "
+                f"estimated_error={self.estimated_error:.3g} eV)")
+
+    def _sigma(self, dtype):
+        return None if self.sigma is None else jnp.asarray(self.sigma, dtype)
+
+    def energy_and_overflow(self, positions, charges, cell=None):
+        """``(E, overflow)``: the energy and the capacity-overflow flag (bool scalar)."""
+        return self._evaluate(positions, charges, cell, potential=False)
+
+    def potential_and_overflow(self, positions, charges, cell=None):
+        """``(phi, overflow)``: (N,) potential in V and the overflow flag."""
+        return self._evaluate(positions, charges, cell, potential=True)
+
+    def _evaluate(self, positions, charges, cell, potential):
+        dtype = positions.dtype
+        charges = jnp.asarray(charges).astype(dtype)
+        sigma = self._sigma(dtype)
+        if self.method == "direct":
+            phi = coulomb_potential(positions, charges, sigma=sigma, prefactor=self.prefactor)
+            out = phi if potential else 0.5 * jnp.sum(charges * phi)
+            return out, jnp.asarray(False)
+        if cell is None:
+            raise ValueError("this energy function was prepared for a periodic cell: pass cell")
+        cell = jnp.asarray(cell).astype(dtype)
+        pairs, overflow = self.neighbors.build(positions, cell)
+        kernel = ewald_potential if potential else ewald_energy
+        out = kernel(positions, charges, cell, pairs, config=self.config, sigma=sigma,
+                     prefactor=self.prefactor)
+        return out, overflow
+
+    def potential(self, positions, charges, cell=None):
+        """(N,) potential phi_i in V (``E = 1/2 sum q_i phi_i``); raises on overflow."""
+        phi, overflow = self.potential_and_overflow(positions, charges, cell)
+        return _checked(phi, overflow)
+
+    def __call__(self, positions, charges, cell=None):
+        e, overflow = self.energy_and_overflow(positions, charges, cell)
+        return _checked(e, overflow)
+
+
+def _raise_on_overflow(flag):
+    if np.any(flag):
+        raise RuntimeError(
+            "jaxlr: neighbour capacity overflow (atoms per bin or pairs exceeded the "
+            "capacity sized by prepare_energy, or the cell shrank below the bin grid); "
+            "call jaxlr.prepare_energy again on the new structure"
+        )
+
+
+def _checked(value, overflow):
+    if isinstance(overflow, jax.Array) and not isinstance(overflow, jax.core.Tracer):
+        _raise_on_overflow(np.asarray(overflow))
+    else:
+        jax.debug.callback(_raise_on_overflow, overflow)
+    return jnp.where(overflow, jnp.nan, value)
+
+
+def prepare_energy(positions, charges, cell=None, *, pbc=None, method="auto",
+                   accuracy=1e-6, prefactor=COULOMB, sigma=None,
+                   capacity_multiplier=1.25, config: EwaldConfig | None = None):
+    r"""Prepare, on the host, a pure energy function for structures like this one.
+
+    Validates the input, tunes the method's parameters for ``accuracy`` and sizes
+    the pair capacities from this example (times ``capacity_multiplier``).
+
+    Args:
+      positions: (N, 3) example positions in Å.
+      charges: (N,) example charges in e (they set the error scale).
+      cell: (3, 3) lattice vectors as rows in Å, or None for a molecule.
+      pbc: periodic axes (3 bools); default all True with a cell.
+      method: "auto" (direct for molecules, Ewald for periodic cells), "direct",
+        or "ewald".
+      accuracy: requested relative energy error (see :mod:`jaxlr.kernels.tuning`).
+      prefactor: Coulomb constant; 1.0 gives Gaussian units (e^2/Å).
+      sigma: None for point charges, or Gaussian widths in Å (scalar or (N,)).
+      capacity_multiplier: head room on the pair and bin capacities.
+      config: explicit :class:`~jaxlr.kernels.EwaldConfig` instead of tuning.
+
+    Returns:
+      :class:`PreparedEnergy`, ``fn(positions, charges, cell) -> E`` in eV.
+
+    Raises:
+      ValueError: bad shapes, non-finite values, singular cell, bad sigma or
+        accuracy, a periodic cell with ``method="direct"``, or slab periodicity.
+
+    Examples:
+      >>> import jax, jax.numpy as jnp, jaxlr
+      >>> pos = jnp.array([[0.0, 0.0, 0.0], [2.0, 2.0, 2.0]])
+      >>> q, cell = jnp.array([1.0, -1.0]), 4.0 * jnp.eye(3)  # CsCl, a = 4 Å
+      >>> fn = jaxlr.prepare_energy(pos, q, cell, accuracy=1e-8, prefactor=1.0)
+      >>> e = jax.jit(fn)(pos, q, cell)
+      >>> round(-float(e) * 2 * 3**0.5, 6)  # Madelung constant of CsCl (d = 2 sqrt(3))
+      1.762675
+    """
+    pos, q, cell_np, pbc, method = _validate(positions, charges, cell, pbc, method, accuracy, sigma)
+    sig = None if sigma is None else np.asarray(sigma, np.float64)
+    if method == "direct":
+        return PreparedEnergy("direct", None, None, pbc, sig, prefactor, 0.0)
+    if config is None:
+        config = tune_ewald(pos, q, cell_np, accuracy=accuracy, sigma=sig)
+    elif config.estimated_error is None:
+        config = tune_ewald(pos, q, cell_np, sigma=sig, alpha=config.alpha,
+                            r_cut=config.r_cut, k_max=config.k_max, chunk=config.chunk)
+    nl = neighbor_list(pos, config.r_cut, cell_np, pbc, half=True,
+                       capacity_multiplier=capacity_multiplier)
+    return PreparedEnergy("ewald", config, nl, pbc, sig, prefactor,
+                          abs(prefactor) * config.estimated_error)
+
+
+def electrostatic_energy(positions, charges, cell=None, *, pbc=None, method="auto",
+                         accuracy=1e-6, prefactor=COULOMB, sigma=None):
+    r"""Electrostatic energy of one structure, E = 1/2 sum_i q_i phi_i.
+
+    Args:
+      positions: (N, 3) Cartesian positions in Å.
+      charges: (N,) charges in e; a charged periodic cell gets a uniform background.
+      cell: (3, 3) lattice vectors as rows in Å, or None for a molecule.
+      pbc: periodic axes; default all True with a cell.
+      method: "auto", "direct" (molecules) or "ewald" (periodic).
+      accuracy: requested relative energy error.
+      prefactor: Coulomb constant (``COULOMB`` eV·Å; 1.0 for Gaussian units).
+      sigma: None for point charges or Gaussian widths in Å (scalar or (N,)); their
+        self energy q^2/(2 sqrt(pi) sigma) is included.
+
+    Returns:
+      Energy in eV (e^2/Å if ``prefactor=1.0``), dtype of ``positions``.
+
+    Raises:
+      ValueError: see :func:`prepare_energy`.
+
+    Examples:
+      >>> import jax.numpy as jnp, jaxlr
+      >>> pos = jnp.array([[0.0, 0.0, 0.0], [0.0, 0.0, 2.0]])
+      >>> float(jaxlr.electrostatic_energy(pos, jnp.array([1.0, -1.0]), prefactor=1.0))
+      -0.5
+    """
+    fn = prepare_energy(positions, charges, cell, pbc=pbc, method=method, accuracy=accuracy,
+                        prefactor=prefactor, sigma=sigma)
+    positions = jnp.asarray(positions)
+    return fn(positions, jnp.asarray(charges), None if cell is None else jnp.asarray(cell))
+
+
+def electrostatic_potential(positions, charges, cell=None, *, pbc=None, method="auto",
+                            accuracy=1e-6, prefactor=COULOMB, sigma=None):
+    r"""(N,) electrostatic potential phi_i (V), the physical one: E = 1/2 sum q_i phi_i.
+
+    phi_i = sum_j q_j v(r_ij) over all other charges and images, plus the Gaussian
+    self term, the Ewald self and background terms (arguments as
+    :func:`electrostatic_energy`).
+    """
+    fn = prepare_energy(positions, charges, cell, pbc=pbc, method=method, accuracy=accuracy,
+                        prefactor=prefactor, sigma=sigma)
+    return fn.potential(jnp.asarray(positions), jnp.asarray(charges),
+                        None if cell is None else jnp.asarray(cell))
+
+
+def energy_forces_stress(energy_fn, positions, cell, *args, **kwargs):
+    r"""Energy, forces and stress of ``energy_fn(positions, cell, *args, **kwargs)``.
+
+    Forces are ``-dE/dR``; the stress is ASE's, ``sigma = (1/V) dE/d(eps)`` with the
+    strain applied as ``cell @ (I + eps)`` and atoms carried along, so it sees the
+    cell dependence through positions AND cell. Pure: jit and vmap take it.
+
+    Args:
+      energy_fn: scalar function ``(positions, cell, *args, **kwargs)``.
+      positions: (N, 3) positions in Å.
+      cell: (3, 3) lattice vectors as rows in Å, or None (then stress is None).
+
+    Returns:
+      ``(E, F, stress)``: scalar eV, (N, 3) eV/Å, (3, 3) eV/Å^3 (or None).
+    """
+    if cell is None:
+        e, g = jax.value_and_grad(lambda p: energy_fn(p, None, *args, **kwargs))(positions)
+        return e, -g, None
+    eye = jnp.eye(3, dtype=cell.dtype)
+
+    def strained(pos, eps):
+        deform = eye + eps
+        return energy_fn(pos @ deform, cell @ deform, *args, **kwargs)
+
+    e, (g, ge) = jax.value_and_grad(strained, argnums=(0, 1))(positions, jnp.zeros_like(cell))
+    return e, -g, ge / jnp.abs(jnp.linalg.det(cell))

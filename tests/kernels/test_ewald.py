@@ -1,0 +1,194 @@
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax.test_util import check_grads
+
+import jaxlr
+from jaxlr.kernels import EwaldConfig, ewald_energy, ewald_potential, tune_ewald
+from jaxlr.neighbors import neighbor_pairs
+from tests.structures import MADELUNG, MADELUNG_ISSUE, crystal, numpy_ewald, random_rotation
+
+
+def energy(pos, q, cell, accuracy=1e-10, **kw):
+    return float(jaxlr.electrostatic_energy(pos, q, cell, accuracy=accuracy, prefactor=1.0, **kw))
+
+
+def madelung(pos, q, cell, d):
+    return -energy(pos, q, cell) * d / (len(q) / 2)
+
+
+@pytest.mark.parametrize("name", list(MADELUNG))
+@pytest.mark.parametrize("primitive", [False, True])
+def test_madelung(name, primitive):
+    pos, q, cell, d = crystal(name, primitive)
+    m = madelung(pos, q, cell, d)
+    assert m == pytest.approx(MADELUNG[name], rel=1e-8)
+    assert m == pytest.approx(MADELUNG_ISSUE[name], rel=1e-6)
+
+
+@pytest.mark.parametrize("name", list(MADELUNG))
+def test_madelung_translated_rotated_scaled(name):
+    rng = np.random.default_rng(1)
+    pos, q, cell, d = crystal(name, primitive=True)
+    ref = MADELUNG[name]
+    shifted = pos + np.array([0.1234, -0.377, 0.2911])  # not a lattice vector
+    assert madelung(shifted, q, cell, d) == pytest.approx(ref, rel=1e-8)
+    rot = random_rotation(rng)
+    assert madelung(pos @ rot.T, q, cell @ rot.T, d) == pytest.approx(ref, rel=1e-8)
+    for scale in (0.5, 3.0):
+        # E goes as 1 / length
+        assert madelung(pos * scale, q, cell * scale, d * scale) == pytest.approx(ref, rel=1e-8)
+
+
+@pytest.mark.parametrize("alpha", [1.0, 2.0, 3.5])
+def test_charged_simple_cubic_with_background(alpha):
+    pos, q, cell = np.zeros((1, 3)), np.ones(1), np.eye(3)
+    x = math.sqrt(-math.log(1e-16))
+    km = math.ceil(2 * alpha * x / (2 * math.pi))
+    cfg = EwaldConfig(alpha, x / alpha, (km, km, km))
+    pairs = neighbor_pairs(pos, cfg.r_cut, cell)
+    e = ewald_energy(jnp.asarray(pos), jnp.asarray(q), jnp.asarray(cell), pairs, config=cfg,
+                     prefactor=1.0)
+    assert float(e) == pytest.approx(-2.837297479 / 2, rel=1e-9)
+
+
+def skewed_system(rng, n=24, charged=False):
+    cell = np.array([[5.0, 0.0, 0.0], [3.9, 4.1, 0.0], [-2.2, 2.7, 4.6]])
+    pos = rng.uniform(0, 1, (n, 3)) @ cell
+    q = rng.normal(size=n)
+    if not charged:
+        q -= q.mean()
+    return pos, q, cell
+
+
+@pytest.mark.parametrize("charged", [False, True])
+def test_against_independent_numpy_sum_skewed_cell(charged):
+    rng = np.random.default_rng(7)
+    pos, q, cell = skewed_system(rng, charged=charged)
+    ref = numpy_ewald(pos, q, cell)
+    assert energy(pos, q, cell, accuracy=1e-10) == pytest.approx(ref, rel=1e-9)
+
+
+def test_energy_independent_of_alpha():
+    rng = np.random.default_rng(8)
+    pos, q, cell = skewed_system(rng, charged=True)
+    sig = rng.uniform(0.3, 0.8, len(q))
+    for sigma in (None, sig):
+        base = tune_ewald(pos, q, cell, accuracy=1e-10, sigma=sigma)
+        values = []
+        for f in (0.7, 1.0, 1.6):
+            cfg = tune_ewald(pos, q, cell, accuracy=1e-11, sigma=sigma, alpha=base.alpha * f)
+            assert cfg.alpha == base.alpha * f
+            pairs = neighbor_pairs(pos, cfg.r_cut, cell)
+            values.append(float(ewald_energy(jnp.asarray(pos), jnp.asarray(q), jnp.asarray(cell),
+                                             pairs, config=cfg, sigma=sigma, prefactor=1.0)))
+        assert np.ptp(values) <= 1e-9 * abs(values[0])
+
+
+def test_potential_gives_energy():
+    rng = np.random.default_rng(9)
+    pos, q, cell = skewed_system(rng, charged=True)
+    for sigma in (None, 0.5):
+        phi = jaxlr.electrostatic_potential(pos, q, cell, accuracy=1e-10, sigma=sigma)
+        e = jaxlr.electrostatic_energy(pos, q, cell, accuracy=1e-10, sigma=sigma)
+        assert float(0.5 * jnp.sum(jnp.asarray(q) * phi)) == pytest.approx(float(e), rel=1e-11)
+        # phi is the physical potential: dE/dq_i (E is quadratic in q)
+        fn = jaxlr.prepare_energy(pos, q, cell, accuracy=1e-10, sigma=sigma)
+        dq = jax.grad(fn, argnums=1)(jnp.asarray(pos), jnp.asarray(q), jnp.asarray(cell))
+        np.testing.assert_allclose(np.asarray(dq), np.asarray(phi), rtol=1e-9, atol=1e-10)
+
+
+def test_gaussian_charges_tend_to_direct_sum():
+    rng = np.random.default_rng(10)
+    pos = rng.uniform(0, 4, (6, 3))
+    q = rng.normal(size=6)
+    q -= q.mean()
+    sigma = rng.uniform(0.4, 0.9, 6)
+    direct = energy(pos, q, None, sigma=sigma)
+    diffs = []
+    for box in (12.0, 24.0, 48.0):
+        shift = 0.5 * box - 2.0
+        diffs.append(abs(energy(pos + shift, q, box * np.eye(3), sigma=sigma) - direct))
+    # a neutral molecule in a periodic box: the error falls as the box grows (dipole ~ 1/L^3)
+    assert diffs[0] > diffs[1] > diffs[2]
+    assert diffs[2] < 1e-3 * abs(direct)
+
+
+def test_gaussian_self_energy_single_charge():
+    # one Gaussian charge of width sigma in a huge box with background: E -> q^2/(2 sqrt(pi) sigma)
+    sigma, box = 0.7, 60.0
+    e = energy(np.full((1, 3), 30.0), np.ones(1), box * np.eye(3), sigma=sigma)
+    madelung_sc = -2.837297479 / 2 / box
+    assert e == pytest.approx(1 / (2 * math.sqrt(math.pi) * sigma) + madelung_sc
+                              + 2 * math.pi * sigma**2 / box**3, rel=1e-9)
+
+
+def prepared(pos, q, cell, **kw):
+    fn = jaxlr.prepare_energy(pos, q, cell, accuracy=1e-11, **kw)
+    return lambda p, c: fn(p, jnp.asarray(q), c)
+
+
+def test_forces_and_stress_by_finite_differences():
+    rng = np.random.default_rng(11)
+    pos, q, cell = skewed_system(rng, n=10, charged=True)
+    f = prepared(pos, q, cell, sigma=0.4)
+    p0, c0 = jnp.asarray(pos), jnp.asarray(cell)
+    e, forces, stress = jaxlr.energy_forces_stress(f, p0, c0)
+    h = 1e-5
+    for a, b in [(0, 0), (3, 1), (7, 2)]:
+        dp = jnp.zeros_like(p0).at[a, b].set(h)
+        fd = (f(p0 + dp, c0) - f(p0 - dp, c0)) / (2 * h)
+        assert float(-forces[a, b]) == pytest.approx(float(fd), rel=1e-6, abs=1e-8)
+    volume = abs(np.linalg.det(cell))
+    for a, b in [(0, 0), (1, 2), (2, 1), (0, 2)]:
+        eps = jnp.zeros((3, 3)).at[a, b].set(h)
+        ep = f(p0 @ (jnp.eye(3) + eps), c0 @ (jnp.eye(3) + eps))
+        em = f(p0 @ (jnp.eye(3) - eps), c0 @ (jnp.eye(3) - eps))
+        assert float(stress[a, b]) == pytest.approx(float((ep - em) / (2 * h) / volume),
+                                                    rel=1e-6, abs=1e-9)
+    np.testing.assert_allclose(np.asarray(stress), np.asarray(stress).T, atol=1e-9)
+    # net force vanishes (momentum conservation)
+    np.testing.assert_allclose(np.asarray(forces.sum(0)), 0.0, atol=1e-7)
+
+
+def test_second_derivatives_finite_and_match_fd():
+    rng = np.random.default_rng(12)
+    pos, q, cell = skewed_system(rng, n=6)
+    f = prepared(pos, q, cell)
+    check_grads(lambda p: f(p, jnp.asarray(cell)), (jnp.asarray(pos),), order=2,
+                modes=["rev"], atol=1e-5, rtol=1e-5)
+    hess = jax.hessian(lambda p: f(p, jnp.asarray(cell)))(jnp.asarray(pos))
+    assert np.all(np.isfinite(np.asarray(hess)))
+
+
+def test_invariances_and_supercell():
+    rng = np.random.default_rng(13)
+    pos, q, cell = skewed_system(rng, n=12)
+    e0 = energy(pos, q, cell)
+    rot = random_rotation(rng)
+    assert energy(pos @ rot.T, q, cell @ rot.T) == pytest.approx(e0, rel=1e-9)
+    assert energy(pos + np.array([1.3, -7.1, 2.2]), q, cell) == pytest.approx(e0, rel=1e-9)
+    perm = rng.permutation(len(q))
+    assert energy(pos[perm], q[perm], cell) == pytest.approx(e0, rel=1e-9)
+    # wrapping an atom into a neighbouring image changes nothing
+    moved = pos.copy()
+    moved[0] += cell[1] - 2 * cell[2]
+    assert energy(moved, q, cell) == pytest.approx(e0, rel=1e-9)
+    # 2 x 1 x 3 supercell: energy scales with the number of cells
+    reps = [pos + i * cell[0] + k * cell[2] for i in range(2) for k in range(3)]
+    sup = np.concatenate(reps)
+    sup_cell = cell * np.array([2, 1, 3])[:, None]
+    assert energy(sup, np.tile(q, 6), sup_cell) == pytest.approx(6 * e0, rel=1e-9)
+
+
+def test_kernel_potential_full_and_half_lists_agree():
+    rng = np.random.default_rng(14)
+    pos, q, cell = skewed_system(rng, n=15)
+    cfg = tune_ewald(pos, q, cell, accuracy=1e-10)
+    args = (jnp.asarray(pos), jnp.asarray(q), jnp.asarray(cell))
+    half = ewald_potential(*args, neighbor_pairs(pos, cfg.r_cut, cell), config=cfg)
+    full = ewald_potential(*args, neighbor_pairs(pos, cfg.r_cut, cell, half=False), config=cfg)
+    np.testing.assert_allclose(np.asarray(half), np.asarray(full), rtol=1e-12, atol=1e-12)
