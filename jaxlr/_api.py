@@ -3,9 +3,9 @@ and energy / forces / stress by autodiff."""
 
 from __future__ import annotations
 
-import numpy as np
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from jaxlr.cell import validate_cell, validate_positions
 from jaxlr.kernels.coulomb import coulomb_potential
@@ -94,8 +94,10 @@ class PreparedEnergy:
         self.estimated_error = estimated_error
 
     def __repr__(self):
-        return (f"PreparedEnergy(method={self.method!r}, config={self.config}, "
-                f"estimated_error={self.estimated_error:.3g} eV)")
+        return (
+            f"PreparedEnergy(method={self.method!r}, config={self.config}, "
+            f"estimated_error={self.estimated_error:.3g} eV)"
+        )
 
     def _sigma(self, dtype):
         return None if self.sigma is None else jnp.asarray(self.sigma, dtype)
@@ -121,8 +123,15 @@ class PreparedEnergy:
         cell = jnp.asarray(cell).astype(dtype)
         pairs, overflow = self.neighbors.build(positions, cell)
         kernel = ewald_potential if potential else ewald_energy
-        out = kernel(positions, charges, cell, pairs, config=self.config, sigma=sigma,
-                     prefactor=self.prefactor)
+        out = kernel(
+            positions,
+            charges,
+            cell,
+            pairs,
+            config=self.config,
+            sigma=sigma,
+            prefactor=self.prefactor,
+        )
         return out, overflow
 
     def potential(self, positions, charges, cell=None):
@@ -152,9 +161,19 @@ def _checked(value, overflow):
     return jnp.where(overflow, jnp.nan, value)
 
 
-def prepare_energy(positions, charges, cell=None, *, pbc=None, method="auto",
-                   accuracy=1e-6, prefactor=COULOMB, sigma=None,
-                   capacity_multiplier=1.25, config: EwaldConfig | None = None):
+def prepare_energy(
+    positions,
+    charges,
+    cell=None,
+    *,
+    pbc=None,
+    method="auto",
+    accuracy=1e-6,
+    prefactor=COULOMB,
+    sigma=None,
+    capacity_multiplier=1.25,
+    config: EwaldConfig | None = None,
+):
     r"""Prepare, on the host, a pure energy function for structures like this one.
 
     Validates the input, tunes the method's parameters for ``accuracy`` and sizes
@@ -196,16 +215,35 @@ def prepare_energy(positions, charges, cell=None, *, pbc=None, method="auto",
     if config is None:
         config = tune_ewald(pos, q, cell_np, accuracy=accuracy, sigma=sig)
     elif config.estimated_error is None:
-        config = tune_ewald(pos, q, cell_np, sigma=sig, alpha=config.alpha,
-                            r_cut=config.r_cut, k_max=config.k_max, chunk=config.chunk)
-    nl = neighbor_list(pos, config.r_cut, cell_np, pbc, half=True,
-                       capacity_multiplier=capacity_multiplier)
-    return PreparedEnergy("ewald", config, nl, pbc, sig, prefactor,
-                          abs(prefactor) * config.estimated_error)
+        config = tune_ewald(
+            pos,
+            q,
+            cell_np,
+            sigma=sig,
+            alpha=config.alpha,
+            r_cut=config.r_cut,
+            k_max=config.k_max,
+            chunk=config.chunk,
+        )
+    nl = neighbor_list(
+        pos, config.r_cut, cell_np, pbc, half=True, capacity_multiplier=capacity_multiplier
+    )
+    return PreparedEnergy(
+        "ewald", config, nl, pbc, sig, prefactor, abs(prefactor) * config.estimated_error
+    )
 
 
-def electrostatic_energy(positions, charges, cell=None, *, pbc=None, method="auto",
-                         accuracy=1e-6, prefactor=COULOMB, sigma=None):
+def electrostatic_energy(
+    positions,
+    charges,
+    cell=None,
+    *,
+    pbc=None,
+    method="auto",
+    accuracy=1e-6,
+    prefactor=COULOMB,
+    sigma=None,
+):
     r"""Electrostatic energy of one structure, E = 1/2 sum_i q_i phi_i.
 
     Args:
@@ -231,24 +269,50 @@ def electrostatic_energy(positions, charges, cell=None, *, pbc=None, method="aut
       >>> float(jaxlr.electrostatic_energy(pos, jnp.array([1.0, -1.0]), prefactor=1.0))
       -0.5
     """
-    fn = prepare_energy(positions, charges, cell, pbc=pbc, method=method, accuracy=accuracy,
-                        prefactor=prefactor, sigma=sigma)
+    fn = prepare_energy(
+        positions,
+        charges,
+        cell,
+        pbc=pbc,
+        method=method,
+        accuracy=accuracy,
+        prefactor=prefactor,
+        sigma=sigma,
+    )
     positions = jnp.asarray(positions)
     return fn(positions, jnp.asarray(charges), None if cell is None else jnp.asarray(cell))
 
 
-def electrostatic_potential(positions, charges, cell=None, *, pbc=None, method="auto",
-                            accuracy=1e-6, prefactor=COULOMB, sigma=None):
+def electrostatic_potential(
+    positions,
+    charges,
+    cell=None,
+    *,
+    pbc=None,
+    method="auto",
+    accuracy=1e-6,
+    prefactor=COULOMB,
+    sigma=None,
+):
     r"""(N,) electrostatic potential phi_i (V), the physical one: E = 1/2 sum q_i phi_i.
 
     phi_i = sum_j q_j v(r_ij) over all other charges and images, plus the Gaussian
     self term, the Ewald self and background terms (arguments as
     :func:`electrostatic_energy`).
     """
-    fn = prepare_energy(positions, charges, cell, pbc=pbc, method=method, accuracy=accuracy,
-                        prefactor=prefactor, sigma=sigma)
-    return fn.potential(jnp.asarray(positions), jnp.asarray(charges),
-                        None if cell is None else jnp.asarray(cell))
+    fn = prepare_energy(
+        positions,
+        charges,
+        cell,
+        pbc=pbc,
+        method=method,
+        accuracy=accuracy,
+        prefactor=prefactor,
+        sigma=sigma,
+    )
+    return fn.potential(
+        jnp.asarray(positions), jnp.asarray(charges), None if cell is None else jnp.asarray(cell)
+    )
 
 
 def energy_forces_stress(energy_fn, positions, cell, *args, **kwargs):

@@ -8,8 +8,8 @@ take and return numpy; the others are pure jax functions (jit, grad, vmap).
 
 from __future__ import annotations
 
-import numpy as np
 import jax.numpy as jnp
+import numpy as np
 
 __all__ = [
     "validate_positions",
@@ -34,8 +34,7 @@ def validate_positions(positions, name: str = "positions") -> np.ndarray:
     if not np.all(np.isfinite(arr)):
         bad = np.argwhere(~np.isfinite(arr))[0]
         raise ValueError(
-            f"{name} has a non-finite value at atom {bad[0]}, axis {bad[1]}: "
-            f"{arr[bad[0], bad[1]]}"
+            f"{name} has a non-finite value at atom {bad[0]}, axis {bad[1]}: {arr[bad[0], bad[1]]}"
         )
     return arr
 
@@ -73,9 +72,7 @@ def validate_cell(cell, pbc=None):
     det = float(np.linalg.det(c))
     scale = float(np.prod(np.linalg.norm(c, axis=1)))
     if scale == 0.0 or abs(det) <= 1e-10 * scale:
-        raise ValueError(
-            f"cell is singular (det={det:.3g}); pass cell=None for a molecule"
-        )
+        raise ValueError(f"cell is singular (det={det:.3g}); pass cell=None for a molecule")
     return c, pbc
 
 

@@ -181,14 +181,16 @@ def _bins_numpy(positions, cell, pbc, cutoff, n_bins, n_search):
             b[:, a] = np.clip(np.floor(sw[:, a] * n), 0, n - 1)
         else:
             lo = sw[:, a].min() if len(sw) else 0.0
-            width = max(np.ptp(sw[:, a]) / n if len(sw) else 0.0,
-                        cutoff / (n_search[a] * heights[a]))
+            width = max(
+                np.ptp(sw[:, a]) / n if len(sw) else 0.0, cutoff / (n_search[a] * heights[a])
+            )
             b[:, a] = np.clip(np.floor((sw[:, a] - lo) / width), 0, n - 1)
     return sw, offset.astype(np.int64), b
 
 
-def neighbor_pairs(positions, cutoff, cell=None, pbc=None, *, half=True,
-                   capacity=None, bin_size=None) -> Pairs:
+def neighbor_pairs(
+    positions, cutoff, cell=None, pbc=None, *, half=True, capacity=None, bin_size=None
+) -> Pairs:
     """All pairs closer than ``cutoff``, built on the host with cell lists (numpy).
 
     Args:
@@ -223,8 +225,9 @@ def neighbor_pairs(positions, cutoff, cell=None, pbc=None, *, half=True,
     i = np.concatenate([i, np.zeros(pad, np.int32)])
     j = np.concatenate([j, np.zeros(pad, np.int32)])
     S = np.concatenate([S, np.zeros((pad, 3), np.int32)])
-    return Pairs(jnp.asarray(i), jnp.asarray(j), jnp.asarray(S), jnp.asarray(mask),
-                 float(cutoff), bool(half))
+    return Pairs(
+        jnp.asarray(i), jnp.asarray(j), jnp.asarray(S), jnp.asarray(mask), float(cutoff), bool(half)
+    )
 
 
 class _HalfRule:
@@ -245,9 +248,10 @@ class _HalfRule:
         return forward | (zero & _same_bin_half(i, j))
 
 
-def _host_chunks(positions, cutoff, cell, pbc, half, bin_size=None):
+def _host_chunks(positions, cutoff, cell, pbc, half, bin_size=None, centers=None):
     """Yield ``(i, j, shifts)`` chunks of all pairs within ``cutoff`` (one per bin
-    offset): a full search over fine bins (default cutoff / 2), then the half rule."""
+    offset): a full search over fine bins (default cutoff / 2), then the half rule.
+    ``centers`` restricts ``i`` to those atoms."""
     n_atoms = len(positions)
     if n_atoms == 0:
         return
@@ -262,11 +266,12 @@ def _host_chunks(positions, cutoff, cell, pbc, half, bin_size=None):
     order = np.argsort(flat, kind="stable")
     counts = np.bincount(flat, minlength=int(np.prod(nb)))
     starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
-    atoms = np.arange(n_atoms)
+    atoms = np.arange(n_atoms) if centers is None else np.asarray(centers)
+    b_c = b[atoms]
     cutoff2 = cutoff * cutoff
     pbc_arr = np.asarray(pbc)
     for d in _offsets(n_search, False):
-        t = b + d
+        t = b_c + d
         shift = np.where(pbc_arr, np.floor_divide(t, nb), 0)
         t = np.where(pbc_arr, t - shift * nb, t)
         ok = np.all((t >= 0) & (t < nb), axis=1)
@@ -275,17 +280,18 @@ def _host_chunks(positions, cutoff, cell, pbc, half, bin_size=None):
         total = int(cnt.sum())
         if total == 0:
             continue
-        ii = np.repeat(atoms, cnt)
+        loc = np.repeat(np.arange(len(atoms)), cnt)
+        ii = atoms[loc]
         first = np.repeat(np.cumsum(cnt) - cnt, cnt)
-        jj = order[starts[tf[ii]] + np.arange(total) - first]
-        origin = w - shift.astype(np.float64) @ to_cart  # per atom: R_i minus the image shift
-        rij = w[jj] - origin[ii]
+        jj = order[starts[tf[loc]] + np.arange(total) - first]
+        origin = w[atoms] - shift.astype(np.float64) @ to_cart  # R_i minus the image shift
+        rij = w[jj] - origin[loc]
         keep = np.einsum("pk,pk->p", rij, rij) < cutoff2
         if not d.any():
             keep &= ii != jj
-        ii, jj = ii[keep], jj[keep]
+        ii, jj, loc = ii[keep], jj[keep], loc[keep]
         # shifts for the unwrapped input positions: R_j - R_i + S' cell
-        sh = shift[ii] + offset[ii] - offset[jj]
+        sh = shift[loc] + offset[ii] - offset[jj]
         if rule is not None:
             k = rule(ii, jj, sh)
             ii, jj, sh = ii[k], jj[k], sh[k]
@@ -319,8 +325,14 @@ def all_pairs(n_atoms: int, *, half=True) -> Pairs:
     else:
         i, j = np.nonzero(~np.eye(n_atoms, dtype=bool))
     p = len(i)
-    return Pairs(jnp.asarray(i, jnp.int32), jnp.asarray(j, jnp.int32),
-                 jnp.zeros((p, 3), jnp.int32), jnp.ones(p, bool), math.inf, half)
+    return Pairs(
+        jnp.asarray(i, jnp.int32),
+        jnp.asarray(j, jnp.int32),
+        jnp.zeros((p, 3), jnp.int32),
+        jnp.ones(p, bool),
+        math.inf,
+        half,
+    )
 
 
 # ---------------------------------------------------------------- jit builder
@@ -362,8 +374,9 @@ def _bin_capacity(positions, cell, pbc, cutoff, n_bins, n_search):
     return int(np.bincount(flat, minlength=int(np.prod(nb))).max()) if len(flat) else 1
 
 
-def neighbor_list(positions, cutoff, cell=None, pbc=None, *, skin=0.0, half=True,
-                  capacity_multiplier=1.25) -> NeighborListFns:
+def neighbor_list(
+    positions, cutoff, cell=None, pbc=None, *, skin=0.0, half=True, capacity_multiplier=1.25
+) -> NeighborListFns:
     """Prepare a jit-compatible neighbour list of fixed capacity (host, once).
 
     The grid and capacities are sized from this example (times
@@ -464,8 +477,9 @@ def _jit_build(positions, cell, config: CellListConfig):
     else:
         to_cart = cell
         s = positions @ jnp.linalg.inv(cell)
-        cross = jnp.stack([jnp.cross(cell[1], cell[2]), jnp.cross(cell[2], cell[0]),
-                           jnp.cross(cell[0], cell[1])])
+        cross = jnp.stack(
+            [jnp.cross(cell[1], cell[2]), jnp.cross(cell[2], cell[0]), jnp.cross(cell[0], cell[1])]
+        )
         heights = jnp.abs(jnp.linalg.det(cell)) / jnp.linalg.norm(cross, axis=-1)
     s = jax.lax.stop_gradient(s)
     heights = jax.lax.stop_gradient(heights)
@@ -488,8 +502,9 @@ def _jit_build(positions, cell, config: CellListConfig):
     bin_over = jnp.max(counts) > cap_bin
     slot = jnp.arange(cap_bin, dtype=jnp.int32)
     idx = starts[:, None] + slot[None, :]
-    bin_atoms = jnp.where(slot[None, :] < counts[:, None],
-                          order[jnp.clip(idx, 0, n_atoms - 1)], n_atoms)  # (bins, cap_bin)
+    bin_atoms = jnp.where(
+        slot[None, :] < counts[:, None], order[jnp.clip(idx, 0, n_atoms - 1)], n_atoms
+    )  # (bins, cap_bin)
     w = sw @ to_cart
     w_pad = jnp.concatenate([w, jnp.zeros((1, 3), dtype)])
     off_pad = jnp.concatenate([offset, jnp.zeros((1, 3), dtype)]).astype(jnp.int32)

@@ -14,8 +14,12 @@ MADELUNG = {
     "wurtzite": 1.641321627370,  # ideal c/a, u; cross-checked with numpy_ewald below
 }
 # the values the issue states (7 significant digits)
-MADELUNG_ISSUE = {"rocksalt": 1.747565, "cscl": 1.762675, "zincblende": 1.638055,
-                  "wurtzite": 1.641321}
+MADELUNG_ISSUE = {
+    "rocksalt": 1.747565,
+    "cscl": 1.762675,
+    "zincblende": 1.638055,
+    "wurtzite": 1.641321,
+}
 
 
 def crystal(name, primitive=False):
@@ -58,8 +62,9 @@ def crystal(name, primitive=False):
         a = 1.0 / (u * c_over_a)  # d_nn = u c = 1
         c = c_over_a * a
         hexcell = np.array([[a, 0, 0], [-0.5 * a, 0.5 * math.sqrt(3) * a, 0], [0, 0, c]])
-        frac = np.array([[1 / 3, 2 / 3, 0], [2 / 3, 1 / 3, 0.5], [1 / 3, 2 / 3, u],
-                         [2 / 3, 1 / 3, 0.5 + u]])
+        frac = np.array(
+            [[1 / 3, 2 / 3, 0], [2 / 3, 1 / 3, 0.5], [1 / 3, 2 / 3, u], [2 / 3, 1 / 3, 0.5 + u]]
+        )
         q = np.array([1.0, 1.0, -1.0, -1.0])
         pos = frac @ hexcell
         if primitive:

@@ -83,7 +83,9 @@ def test_pair_vectors_and_distances():
     rng = np.random.default_rng(3)
     pos, cell, pbc, cutoff = random_system(rng, False)
     p = neighbors.neighbor_pairs(pos, cutoff, cell, pbc)
-    r = np.linalg.norm(np.asarray(neighbors.pair_vectors(jnp.asarray(pos), p, jnp.asarray(cell))), axis=1)
+    r = np.linalg.norm(
+        np.asarray(neighbors.pair_vectors(jnp.asarray(pos), p, jnp.asarray(cell))), axis=1
+    )
     assert np.all(r < cutoff) and np.all(r > 0)
 
 

@@ -14,15 +14,39 @@ import jax.numpy as jnp
 from jaxlr.neighbors import Pairs, pair_vectors
 from jaxlr.units import COULOMB
 
-__all__ = ["coulomb_potential", "coulomb_energy", "pair_potential_sum", "safe_distance"]
-
 _SQRT_PI = 1.7724538509055159
+
+__all__ = [
+    "coulomb_potential",
+    "coulomb_energy",
+    "pair_kernel",
+    "pair_potential_sum",
+    "safe_distance",
+]
 
 
 def safe_distance(r_ij, mask):
     """(P,) distances with padded slots set to 1 (finite first and second derivatives)."""
     r2 = jnp.sum(r_ij * r_ij, axis=-1)
     return jnp.sqrt(jnp.where(mask, r2, 1.0))
+
+
+def pair_kernel(r_vec, mask, s2=None):
+    """v(r) = 1/r (point) or erf(r / sqrt(2 s2)) / r (Gaussian), 0 where masked.
+
+    Coincident points (r = 0) give the Gaussian's finite limit 2 / sqrt(2 pi s2),
+    and 0 for point charges (a padded atom placed on a real one); derivatives stay
+    finite to second order."""
+    r2 = jnp.sum(r_vec * r_vec, axis=-1)
+    apart = mask & (r2 > 0)
+    r = jnp.sqrt(jnp.where(apart, r2, 1.0))
+    if s2 is None:
+        return jnp.where(apart, 1.0 / r, 0.0)
+    width = jnp.sqrt(2.0 * s2)
+    v = jax.scipy.special.erf(r / width) / r
+    limit = 2.0 / (_SQRT_PI * width) * (1.0 - r2 / (3.0 * width**2))
+    v = jnp.where(r2 > 1e-6 * s2, v, limit)  # series below r ~ 1e-3 width
+    return jnp.where(mask, v, 0.0)
 
 
 def pair_potential_sum(values, charges, pairs: Pairs, n_atoms: int):
@@ -39,8 +63,9 @@ def _sigma_per_atom(sigma, charges):
     return jnp.broadcast_to(jnp.asarray(sigma, dtype=charges.dtype), charges.shape)
 
 
-def coulomb_potential(positions, charges, pairs: Pairs | None = None, *, sigma=None,
-                      prefactor=COULOMB):
+def coulomb_potential(
+    positions, charges, pairs: Pairs | None = None, *, sigma=None, prefactor=COULOMB
+):
     r"""Direct-sum potential of a molecule, phi_i = sum_j q_j v(r_ij) (+ Gaussian self).
 
     Args:
@@ -54,17 +79,13 @@ def coulomb_potential(positions, charges, pairs: Pairs | None = None, *, sigma=N
     Returns:
       (N,) potential in V (``prefactor=COULOMB``), dtype of ``positions``.
     """
+    positions, charges = jnp.asarray(positions), jnp.asarray(charges)
     n = positions.shape[0]
     if pairs is None:
         return prefactor * _dense_potential(positions, charges, _sigma_per_atom(sigma, charges))
-    r = safe_distance(pair_vectors(positions, pairs), pairs.mask)
     sig = _sigma_per_atom(sigma, charges)
-    if sig is None:
-        v = 1.0 / r
-    else:
-        s2 = sig[pairs.i] ** 2 + sig[pairs.j] ** 2
-        v = jax.scipy.special.erf(r / jnp.sqrt(2.0 * s2)) / r
-    v = jnp.where(pairs.mask, v, 0.0)
+    s2 = None if sig is None else sig[pairs.i] ** 2 + sig[pairs.j] ** 2
+    v = pair_kernel(pair_vectors(positions, pairs), pairs.mask, s2)
     phi = pair_potential_sum(v, charges, pairs, n)
     if sig is not None:
         phi = phi + charges / (_SQRT_PI * sig)
@@ -84,14 +105,8 @@ def _dense_potential(positions, charges, sig, block=512):
     def one(idx):
         d = positions[idx][:, None, :] - positions[None, :, :]
         off = idx[:, None] != cols[None, :]
-        r = safe_distance(d, off)
-        if sig is None:
-            v = 1.0 / r
-        else:
-            s2 = sig[idx][:, None] ** 2 + sig[None, :] ** 2
-            v = jax.scipy.special.erf(r / jnp.sqrt(2.0 * s2)) / r
-        v = jnp.where(off, v, 0.0)
-        return v @ charges
+        s2 = None if sig is None else sig[idx][:, None] ** 2 + sig[None, :] ** 2
+        return pair_kernel(d, off, s2) @ charges
 
     phi = jax.lax.map(one, rows).reshape(-1)[:n]
     if sig is not None:
@@ -99,8 +114,9 @@ def _dense_potential(positions, charges, sig, block=512):
     return phi
 
 
-def coulomb_energy(positions, charges, pairs: Pairs | None = None, *, sigma=None,
-                   prefactor=COULOMB):
+def coulomb_energy(
+    positions, charges, pairs: Pairs | None = None, *, sigma=None, prefactor=COULOMB
+):
     r"""Direct-sum energy E = 1/2 sum_i q_i phi_i of a molecule (eV; see
     :func:`coulomb_potential` for the arguments).
 

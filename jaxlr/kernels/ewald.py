@@ -79,8 +79,7 @@ class EwaldConfig:
 # ---------------------------------------------------------------- real space
 
 
-def real_space_potential(positions, charges, cell, pairs: Pairs, *, alpha, r_cut,
-                         sigma=None):
+def real_space_potential(positions, charges, cell, pairs: Pairs, *, alpha, r_cut, sigma=None):
     """(N,) real-space Ewald potential (Gaussian units) over ``pairs``."""
     n = positions.shape[0]
     r_vec = pair_vectors(positions, pairs, cell)
@@ -212,8 +211,9 @@ def _self_and_background(charges, cell, alpha, sigma):
     return phi
 
 
-def ewald_potential(positions, charges, cell, pairs: Pairs, *, config: EwaldConfig,
-                    sigma=None, prefactor=COULOMB):
+def ewald_potential(
+    positions, charges, cell, pairs: Pairs, *, config: EwaldConfig, sigma=None, prefactor=COULOMB
+):
     r"""(N,) Ewald potential phi_i (V with ``prefactor=COULOMB``), E = 1/2 sum q_i phi_i.
 
     Args:
@@ -225,27 +225,34 @@ def ewald_potential(positions, charges, cell, pairs: Pairs, *, config: EwaldConf
       sigma: None, or Gaussian widths (scalar or (N,)) in Å.
       prefactor: Coulomb constant (1.0 for Gaussian units).
     """
-    phi = real_space_potential(positions, charges, cell, pairs, alpha=config.alpha,
-                               r_cut=config.r_cut, sigma=sigma)
-    phi = phi + reciprocal_potential(positions, charges, cell, alpha=config.alpha,
-                                     k_max=config.k_max, chunk=config.chunk)
+    positions, charges, cell = jnp.asarray(positions), jnp.asarray(charges), jnp.asarray(cell)
+    phi = real_space_potential(
+        positions, charges, cell, pairs, alpha=config.alpha, r_cut=config.r_cut, sigma=sigma
+    )
+    phi = phi + reciprocal_potential(
+        positions, charges, cell, alpha=config.alpha, k_max=config.k_max, chunk=config.chunk
+    )
     phi = phi + _self_and_background(charges, cell, config.alpha, sigma)
     return prefactor * phi
 
 
-def ewald_energy(positions, charges, cell, pairs: Pairs, *, config: EwaldConfig,
-                 sigma=None, prefactor=COULOMB):
+def ewald_energy(
+    positions, charges, cell, pairs: Pairs, *, config: EwaldConfig, sigma=None, prefactor=COULOMB
+):
     r"""Ewald energy of one periodic structure (eV with ``prefactor=COULOMB``).
 
     Arguments as :func:`ewald_potential`. The reciprocal part is evaluated as
     (2 pi / V) sum w |S|^2 (one pass over the atoms), the rest as 1/2 q . phi.
     """
-    phi = real_space_potential(positions, charges, cell, pairs, alpha=config.alpha,
-                               r_cut=config.r_cut, sigma=sigma)
+    positions, charges, cell = jnp.asarray(positions), jnp.asarray(charges), jnp.asarray(cell)
+    phi = real_space_potential(
+        positions, charges, cell, pairs, alpha=config.alpha, r_cut=config.r_cut, sigma=sigma
+    )
     phi = phi + _self_and_background(charges, cell, config.alpha, sigma)
     e = 0.5 * jnp.sum(charges * phi)
-    e = e + reciprocal_energy(positions, charges, cell, alpha=config.alpha,
-                              k_max=config.k_max, chunk=config.chunk)
+    e = e + reciprocal_energy(
+        positions, charges, cell, alpha=config.alpha, k_max=config.k_max, chunk=config.chunk
+    )
     return prefactor * e
 
 
@@ -265,6 +272,5 @@ class EwaldFns(tuple):
 def ewald_fns(config: EwaldConfig, *, sigma=None, prefactor=COULOMB) -> EwaldFns:
     """Energy and potential functions closed over ``config`` (ready for jit / jax-md)."""
     energy = functools.partial(ewald_energy, config=config, sigma=sigma, prefactor=prefactor)
-    potential = functools.partial(ewald_potential, config=config, sigma=sigma,
-                                  prefactor=prefactor)
+    potential = functools.partial(ewald_potential, config=config, sigma=sigma, prefactor=prefactor)
     return EwaldFns(energy, potential)

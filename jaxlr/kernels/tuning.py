@@ -57,8 +57,14 @@ def energy_scale(charges, volume) -> float:
 
 def real_space_error(q2, volume, alpha, r_cut, sigma_max=None) -> float:
     """Kolafa-Perram RMS real-space energy error (Gaussian units)."""
+
     def kp(a):
-        return q2 * math.sqrt(r_cut / (2.0 * volume)) * math.exp(-((a * r_cut) ** 2)) / (a * r_cut) ** 2
+        return (
+            q2
+            * math.sqrt(r_cut / (2.0 * volume))
+            * math.exp(-((a * r_cut) ** 2))
+            / (a * r_cut) ** 2
+        )
 
     err = kp(alpha)
     if sigma_max:
@@ -93,7 +99,9 @@ def reciprocal_box_error(q2, cell, alpha, k_max) -> float:
     recip = 2.0 * math.pi * np.linalg.inv(cell).T
     lengths = np.linalg.norm(cell, axis=1)
     # beyond the box, terms fall as exp(-k^2/4 alpha^2); sum a margin of 8 alpha
-    reach = [int(k_max[a] + math.ceil(8.0 * alpha * lengths[a] / (2.0 * math.pi)) + 1) for a in range(3)]
+    reach = [
+        int(k_max[a] + math.ceil(8.0 * alpha * lengths[a] / (2.0 * math.pi)) + 1) for a in range(3)
+    ]
     if np.prod([2 * r + 1 for r in reach]) > 4e6:
         # too many terms to sum: integral bound outside the inscribed sphere
         heights = volume / np.linalg.norm(np.cross(cell[[1, 2, 0]], cell[[2, 0, 1]]), axis=1)
@@ -106,7 +114,11 @@ def reciprocal_box_error(q2, cell, alpha, k_max) -> float:
     for a in m1:
         k = a * recip[0] + m2[:, None, None] * recip[1] + m3[None, :, None] * recip[2]
         k2 = np.sum(k * k, axis=-1)
-        outside = (abs(a) > k_max[0]) | (np.abs(m2)[:, None] > k_max[1]) | (np.abs(m3)[None, :] > k_max[2])
+        outside = (
+            (abs(a) > k_max[0])
+            | (np.abs(m2)[:, None] > k_max[1])
+            | (np.abs(m3)[None, :] > k_max[2])
+        )
         k2 = np.where(outside, k2, 1.0)
         total += float(np.sum(np.where(outside, np.exp(-k2 / (4.0 * alpha**2)) / k2, 0.0)))
     return (2.0 * math.pi / volume) * q2 * total
@@ -167,6 +179,38 @@ def _tune_absolute(charges, cell, target, sigma, chunk, alpha=None):
     return EwaldConfig(alpha, r_cut, k_max, chunk=chunk, estimated_error=err)
 
 
+def real_space_tail(
+    positions, charges, cell, alpha, r_cut, sigma=None, r_far=None, max_centers=1000
+):
+    """Real-space truncation error measured on the structure (Gaussian units).
+
+    ``1/2 sum_i q_i sum_j q_j v(r_ij)`` over pairs with ``r_cut <= r < r_far``, over at
+    most ``max_centers`` atoms i (a fixed sample, rescaled): unlike the random-charge
+    estimate it sees the coherent tails of crystals."""
+    from jaxlr.neighbors import _host_chunks
+
+    q = np.asarray(charges, dtype=np.float64)
+    n = len(q)
+    if r_far is None:
+        r_far = r_cut + 3.0 / alpha
+        if sigma is not None:
+            r_far = max(r_far, r_cut + 6.0 * float(np.max(sigma)))
+    centers = np.arange(n)
+    if n > max_centers:
+        centers = np.sort(np.random.default_rng(0).choice(n, max_centers, replace=False))
+    sig = None if sigma is None else np.broadcast_to(np.asarray(sigma, np.float64), q.shape)
+    total = 0.0
+    for i, j, S in _host_chunks(positions, r_far, cell, (True,) * 3, False, centers=centers):
+        r = np.linalg.norm(positions[j] - positions[i] + S @ cell, axis=1)
+        far = r >= r_cut
+        i, j, r = i[far], j[far], r[far]
+        v = erfc(alpha * r) / r
+        if sig is not None:
+            v -= erfc(r / np.sqrt(2.0 * (sig[i] ** 2 + sig[j] ** 2))) / r
+        total += 0.5 * float(np.sum(q[i] * q[j] * v))
+    return abs(total) * n / len(centers)
+
+
 def _host_ewald_energy(positions, charges, cell, config, sigma):
     """Plain numpy Ewald energy (Gaussian units) used for the crude pre-pass."""
     from jaxlr.neighbors import _host_pairs
@@ -192,22 +236,38 @@ def _host_ewald_energy(positions, charges, cell, config, sigma):
         e2 = np.exp(2j * np.pi * s[sl, 1, None] * m2)
         e3 = np.exp(2j * np.pi * s[sl, 2, None] * m3)
         acc += (e1[:, :, None] * e2[:, None, :]).reshape(len(e1), -1).T @ e3
-    k = m1[:, None, None, None] * recip[0] + m2[None, :, None, None] * recip[1] + m3[None, None, :, None] * recip[2]
+    k = (
+        m1[:, None, None, None] * recip[0]
+        + m2[None, :, None, None] * recip[1]
+        + m3[None, None, :, None] * recip[2]
+    )
     k2 = np.sum(k * k, -1)
     zero = k2 == 0
     w = np.where(zero, 0.0, np.exp(-k2 / (4 * config.alpha**2)) / np.where(zero, 1.0, k2))
     w *= np.where(m3 > 0, 2.0, 1.0)
     e += 2.0 * math.pi / volume * float(np.sum(w.reshape(acc.shape) * np.abs(acc) ** 2))
     total = q.sum()
-    e += -config.alpha / math.sqrt(math.pi) * float(np.sum(q * q)) - math.pi * total**2 / (2 * volume * config.alpha**2)
+    e += -config.alpha / math.sqrt(math.pi) * float(np.sum(q * q)) - math.pi * total**2 / (
+        2 * volume * config.alpha**2
+    )
     if sig is not None:
         e += float(np.sum(q * q / (2 * math.sqrt(math.pi) * sig)))
         e += 2 * math.pi * total / volume * float(np.sum(q * sig**2))
     return e
 
 
-def tune_ewald(positions, charges, cell, *, accuracy=1e-6, sigma=None, chunk=2048,
-               alpha=None, r_cut=None, k_max=None) -> EwaldConfig:
+def tune_ewald(
+    positions,
+    charges,
+    cell,
+    *,
+    accuracy=1e-6,
+    sigma=None,
+    chunk=2048,
+    alpha=None,
+    r_cut=None,
+    k_max=None,
+) -> EwaldConfig:
     """Choose Ewald parameters for a requested relative energy accuracy (host, numpy).
 
     Args:
@@ -241,7 +301,30 @@ def tune_ewald(positions, charges, cell, *, accuracy=1e-6, sigma=None, chunk=204
     crude = _tune_absolute(q, cell, 1e-3 * scale, sigma, chunk)
     e_crude = _host_ewald_energy(positions, q, cell, crude, sigma)
     magnitude = max(abs(e_crude) - 3.0 * crude.estimated_error, 1e-2 * scale)
-    cfg = _tune_absolute(q, cell, 0.5 * accuracy * magnitude, sigma, chunk, alpha)
+    target = 0.5 * accuracy * magnitude
+    cfg = _tune_absolute(q, cell, target, sigma, chunk, alpha)
+    if r_cut is None:
+        # crystals: the tail beyond r_cut is coherent, not random; measure it and grow
+        # r_cut until it fits the real-space half of the budget
+        r = cfg.r_cut
+        for _ in range(50):
+            tail = real_space_tail(positions, q, cell, cfg.alpha, r, sigma)
+            if tail <= 0.5 * target:
+                break
+            r *= 1.05
+        if r != cfg.r_cut:
+            err = (
+                cfg.estimated_error
+                - real_space_error(
+                    float(np.sum(q * q)) or float(len(q)),
+                    volume,
+                    cfg.alpha,
+                    cfg.r_cut,
+                    None if sigma is None else float(np.max(sigma)),
+                )
+                + tail
+            )
+            cfg = EwaldConfig(cfg.alpha, r, cfg.k_max, chunk=chunk, estimated_error=err)
     if r_cut is not None or k_max is not None:
         cfg = EwaldConfig(
             float(alpha) if alpha is not None else cfg.alpha,

@@ -50,8 +50,9 @@ def test_charged_simple_cubic_with_background(alpha):
     km = math.ceil(2 * alpha * x / (2 * math.pi))
     cfg = EwaldConfig(alpha, x / alpha, (km, km, km))
     pairs = neighbor_pairs(pos, cfg.r_cut, cell)
-    e = ewald_energy(jnp.asarray(pos), jnp.asarray(q), jnp.asarray(cell), pairs, config=cfg,
-                     prefactor=1.0)
+    e = ewald_energy(
+        jnp.asarray(pos), jnp.asarray(q), jnp.asarray(cell), pairs, config=cfg, prefactor=1.0
+    )
     assert float(e) == pytest.approx(-2.837297479 / 2, rel=1e-9)
 
 
@@ -83,8 +84,19 @@ def test_energy_independent_of_alpha():
             cfg = tune_ewald(pos, q, cell, accuracy=1e-11, sigma=sigma, alpha=base.alpha * f)
             assert cfg.alpha == base.alpha * f
             pairs = neighbor_pairs(pos, cfg.r_cut, cell)
-            values.append(float(ewald_energy(jnp.asarray(pos), jnp.asarray(q), jnp.asarray(cell),
-                                             pairs, config=cfg, sigma=sigma, prefactor=1.0)))
+            values.append(
+                float(
+                    ewald_energy(
+                        jnp.asarray(pos),
+                        jnp.asarray(q),
+                        jnp.asarray(cell),
+                        pairs,
+                        config=cfg,
+                        sigma=sigma,
+                        prefactor=1.0,
+                    )
+                )
+            )
         assert np.ptp(values) <= 1e-9 * abs(values[0])
 
 
@@ -122,8 +134,10 @@ def test_gaussian_self_energy_single_charge():
     sigma, box = 0.7, 60.0
     e = energy(np.full((1, 3), 30.0), np.ones(1), box * np.eye(3), sigma=sigma)
     madelung_sc = -2.837297479 / 2 / box
-    assert e == pytest.approx(1 / (2 * math.sqrt(math.pi) * sigma) + madelung_sc
-                              + 2 * math.pi * sigma**2 / box**3, rel=1e-9)
+    assert e == pytest.approx(
+        1 / (2 * math.sqrt(math.pi) * sigma) + madelung_sc + 2 * math.pi * sigma**2 / box**3,
+        rel=1e-9,
+    )
 
 
 def prepared(pos, q, cell, **kw):
@@ -147,8 +161,9 @@ def test_forces_and_stress_by_finite_differences():
         eps = jnp.zeros((3, 3)).at[a, b].set(h)
         ep = f(p0 @ (jnp.eye(3) + eps), c0 @ (jnp.eye(3) + eps))
         em = f(p0 @ (jnp.eye(3) - eps), c0 @ (jnp.eye(3) - eps))
-        assert float(stress[a, b]) == pytest.approx(float((ep - em) / (2 * h) / volume),
-                                                    rel=1e-6, abs=1e-9)
+        assert float(stress[a, b]) == pytest.approx(
+            float((ep - em) / (2 * h) / volume), rel=1e-6, abs=1e-9
+        )
     np.testing.assert_allclose(np.asarray(stress), np.asarray(stress).T, atol=1e-9)
     # net force vanishes (momentum conservation)
     np.testing.assert_allclose(np.asarray(forces.sum(0)), 0.0, atol=1e-7)
@@ -158,8 +173,14 @@ def test_second_derivatives_finite_and_match_fd():
     rng = np.random.default_rng(12)
     pos, q, cell = skewed_system(rng, n=6)
     f = prepared(pos, q, cell)
-    check_grads(lambda p: f(p, jnp.asarray(cell)), (jnp.asarray(pos),), order=2,
-                modes=["rev"], atol=1e-5, rtol=1e-5)
+    check_grads(
+        lambda p: f(p, jnp.asarray(cell)),
+        (jnp.asarray(pos),),
+        order=2,
+        modes=["rev"],
+        atol=1e-5,
+        rtol=1e-5,
+    )
     hess = jax.hessian(lambda p: f(p, jnp.asarray(cell)))(jnp.asarray(pos))
     assert np.all(np.isfinite(np.asarray(hess)))
 

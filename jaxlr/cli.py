@@ -1,0 +1,129 @@
+"""Command line: ``jaxlr energy FILE`` (and, later, ``jaxlr fit``)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+import numpy as np
+
+__all__ = ["main"]
+
+
+def _charges(atoms, key):
+    if key is not None:
+        if key in ("initial_charges", "charges") and key not in atoms.arrays:
+            return atoms.get_initial_charges()
+        if key not in atoms.arrays:
+            names = ", ".join(sorted(atoms.arrays)) or "none"
+            raise SystemExit(
+                f"jaxlr energy: --charges-from {key!r} is not a per-atom array "
+                f"of this structure (it has: {names})"
+            )
+        q = np.asarray(atoms.arrays[key], dtype=np.float64)
+        if q.shape != (len(atoms),):
+            raise SystemExit(
+                f"jaxlr energy: --charges-from {key!r} has shape {q.shape}, "
+                f"expected ({len(atoms)},)"
+            )
+        return q
+    for name in ("initial_charges", "charges", "REF_charges"):
+        if name in atoms.arrays and np.any(atoms.arrays[name]):
+            return np.asarray(atoms.arrays[name], dtype=np.float64)
+    raise SystemExit(
+        "jaxlr energy: the structure has no charges; set initial charges or "
+        "name a per-atom array with --charges-from KEY"
+    )
+
+
+def energy_command(args) -> int:
+    import ase.io
+    import jax
+    import jax.numpy as jnp
+
+    jax.config.update("jax_enable_x64", True)
+    import jaxlr
+
+    try:
+        atoms = ase.io.read(args.file, index=args.index)
+    except Exception as err:  # ASE raises many kinds
+        raise SystemExit(f"jaxlr energy: cannot read {args.file!r}: {err}") from err
+    q = _charges(atoms, args.charges_from)
+    pbc = tuple(bool(p) for p in atoms.pbc)
+    cell = np.asarray(atoms.cell.array) if any(pbc) else None
+    pos = atoms.get_positions()
+    try:
+        fn = jaxlr.prepare_energy(
+            pos, q, cell, pbc=pbc if any(pbc) else None, method=args.method, accuracy=args.accuracy
+        )
+    except ValueError as err:
+        raise SystemExit(f"jaxlr energy: {err}") from err
+    qj = jnp.asarray(q)
+    f = jax.jit(lambda p, c: jaxlr.energy_forces_stress(lambda p, c: fn(p, qj, c), p, c))
+    e, forces, stress = f(jnp.asarray(pos), None if cell is None else jnp.asarray(cell))
+    forces = np.asarray(forces)
+    params = {"method": fn.method}
+    if fn.config is not None:
+        params.update(alpha=fn.config.alpha, r_cut=fn.config.r_cut, k_max=list(fn.config.k_max))
+    out = {
+        "file": args.file,
+        "n_atoms": len(atoms),
+        "total_charge": float(q.sum()),
+        "energy": float(e),
+        "max_force": float(np.linalg.norm(forces, axis=1).max()) if len(forces) else 0.0,
+        "stress": None if stress is None else np.asarray(stress).tolist(),
+        "parameters": params,
+        "estimated_error": float(fn.estimated_error),
+        "requested_accuracy": args.accuracy,
+        "units": {"energy": "eV", "force": "eV/A", "stress": "eV/A^3"},
+    }
+    if args.json:
+        print(json.dumps(out, indent=2))
+        return 0
+    charge = out["total_charge"]
+    print(f"structure        {args.file} ({len(atoms)} atoms, total charge {charge:+.6g} e)")
+    print(f"method           {fn.method}")
+    if fn.config is not None:
+        c = fn.config
+        print(f"parameters       alpha={c.alpha:.6g} 1/A  r_cut={c.r_cut:.6g} A  k_max={c.k_max}")
+    print(f"energy           {out['energy']:.12g} eV")
+    print(f"max |force|      {out['max_force']:.6g} eV/A")
+    if stress is not None:
+        s = np.asarray(stress)
+        for k, row in enumerate(s):
+            label = "stress (eV/A^3)" if k == 0 else ""
+            print(f"{label:17s}{row[0]: .6e} {row[1]: .6e} {row[2]: .6e}")
+    print(
+        f"estimated error  {out['estimated_error']:.3g} eV (requested relative {args.accuracy:g})"
+    )
+    return 0
+
+
+def build_parser():
+    parser = argparse.ArgumentParser(prog="jaxlr", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("energy", help="electrostatic energy, forces and stress of a structure")
+    p.add_argument("file", help="any structure file ASE can read (extxyz, cif, POSCAR, ...)")
+    p.add_argument(
+        "--charges-from",
+        default=None,
+        metavar="KEY",
+        help="per-atom array holding the charges (default: initial charges, "
+        "'charges' or 'REF_charges')",
+    )
+    p.add_argument("--accuracy", type=float, default=1e-6, help="relative energy accuracy")
+    p.add_argument("--method", default="auto", choices=["auto", "direct", "ewald"])
+    p.add_argument("--index", default="-1", help="which frame of a trajectory (ASE index)")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.set_defaults(func=energy_command)
+    return parser
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
