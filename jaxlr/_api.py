@@ -3,6 +3,8 @@ and energy / forces / stress by autodiff."""
 
 from __future__ import annotations
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -10,7 +12,7 @@ import numpy as np
 from jaxlr.cell import validate_cell, validate_positions
 from jaxlr.kernels.coulomb import coulomb_potential
 from jaxlr.kernels.ewald import EwaldConfig, ewald_energy, ewald_potential
-from jaxlr.kernels.tuning import tune_ewald
+from jaxlr.kernels.tuning import ewald_error_estimate, tune_ewald
 from jaxlr.neighbors import neighbor_list
 from jaxlr.units import COULOMB
 
@@ -215,16 +217,8 @@ def prepare_energy(
     if config is None:
         config = tune_ewald(pos, q, cell_np, accuracy=accuracy, sigma=sig)
     elif config.estimated_error is None:
-        config = tune_ewald(
-            pos,
-            q,
-            cell_np,
-            sigma=sig,
-            alpha=config.alpha,
-            r_cut=config.r_cut,
-            k_max=config.k_max,
-            chunk=config.chunk,
-        )
+        err = ewald_error_estimate(q, cell_np, config, sig)
+        config = dataclasses.replace(config, estimated_error=err)
     nl = neighbor_list(
         pos, config.r_cut, cell_np, pbc, half=True, capacity_multiplier=capacity_multiplier
     )

@@ -507,42 +507,47 @@ def _jit_build(positions, cell, config: CellListConfig):
     )  # (bins, cap_bin)
     w = sw @ to_cart
     w_pad = jnp.concatenate([w, jnp.zeros((1, 3), dtype)])
-    off_pad = jnp.concatenate([offset, jnp.zeros((1, 3), dtype)]).astype(jnp.int32)
+    bin_pos = w_pad[bin_atoms]  # (bins, cap_bin, 3): one gather, then block copies
     atoms = jnp.arange(n_atoms, dtype=jnp.int32)
+    offsets = jnp.asarray(config.offsets)
+    n_off = offsets.shape[0]
     rc2 = rc * rc
 
-    def body(carry, d):
-        count, j_tab, s_tab = carry
+    def bin_shift(d):
         t = b + d[None, :]
         shift = jnp.where(pbc_row, jnp.floor_divide(t, nb[None, :]), 0)
+        return t, shift
+
+    def body(carry, xs):
+        count, tab = carry
+        d, d_index = xs
+        t, shift = bin_shift(d)
         t = jnp.where(pbc_row, t - shift * nb[None, :], t)
         ok = jnp.all((t >= 0) & (t < nb[None, :]), axis=1)
-        tf = (t[:, 0] * nb[1] + t[:, 1]) * nb[2] + t[:, 2]
-        cand = bin_atoms[jnp.where(ok, tf, 0)]  # (N, cap_bin)
-        cand = jnp.where(ok[:, None], cand, n_atoms)
-        real = cand < n_atoms
-        rij = w_pad[cand] - w[:, None, :] + (shift.astype(dtype) @ to_cart)[:, None, :]
+        tf = jnp.where(ok, (t[:, 0] * nb[1] + t[:, 1]) * nb[2] + t[:, 2], 0)
+        cand = jnp.where(ok[:, None], bin_atoms[tf], n_atoms)  # (N, cap_bin)
+        origin = w - shift.astype(dtype) @ to_cart
+        rij = bin_pos[tf] - origin[:, None, :]
         r2 = jnp.sum(rij * rij, axis=-1)
-        selfpair = (cand == atoms[:, None]) & jnp.all(shift == 0, axis=1)[:, None]
-        valid = real & (r2 < rc2) & ~selfpair
-        sh = shift[:, None, :] + off_pad[atoms][:, None, :] - off_pad[cand]
+        valid = (cand < n_atoms) & (r2 < rc2)
+        # the atom itself in its own bin (d == 0) is not a pair; in that bin a half
+        # list keeps (i, j) iff (i < j) == (i + j even)
+        same = jnp.all(d == 0)
         if config.half:
-            same = jnp.all(d == 0) & ~_same_bin_half(atoms[:, None], cand)
-            valid &= ~same
-        pos = count[:, None] + jnp.cumsum(valid, axis=1, dtype=jnp.int32) - 1
-        pos = jnp.where(valid, pos, cap)  # out of range -> dropped
+            drop = same & ~_same_bin_half(atoms[:, None], cand)
+        else:
+            drop = same & (cand == atoms[:, None])
+        valid &= ~drop
+        slot = count[:, None] + jnp.cumsum(valid, axis=1, dtype=jnp.int32) - 1
+        slot = jnp.where(valid, slot, cap)  # out of range -> dropped
         rows = jnp.broadcast_to(atoms[:, None], cand.shape)
-        j_tab = j_tab.at[rows, pos].set(cand, mode="drop")
-        s_tab = s_tab.at[rows, pos].set(sh, mode="drop")
+        tab = tab.at[rows, slot].set(cand * n_off + d_index, mode="drop")  # packed (j, d)
         count = count + jnp.sum(valid, axis=1, dtype=jnp.int32)
-        return (count, j_tab, s_tab), None
+        return (count, tab), None
 
-    init = (
-        jnp.zeros(n_atoms, jnp.int32),
-        jnp.broadcast_to(atoms[:, None], (n_atoms, cap)),
-        jnp.zeros((n_atoms, cap, 3), jnp.int32),
-    )
-    (count, j_tab, s_tab), _ = jax.lax.scan(body, init, jnp.asarray(config.offsets))
+    init = (jnp.zeros(n_atoms, jnp.int32), jnp.zeros((n_atoms, cap), jnp.int32))
+    xs = (offsets, jnp.arange(n_off, dtype=jnp.int32))
+    (count, tab), _ = jax.lax.scan(body, init, xs)
     # compact the (N, K) table into a flat list of pair_capacity slots
     n_cap = config.pair_capacity
     total = jnp.sum(count)
@@ -553,7 +558,13 @@ def _jit_build(positions, cell, config: CellListConfig):
     rows = jnp.broadcast_to(atoms[:, None], (n_atoms, cap))
     fill = jnp.arange(n_cap, dtype=jnp.int32) % max(n_atoms, 1)
     i = fill.at[dest].set(rows, mode="drop")
-    j = fill.at[dest].set(j_tab, mode="drop")
-    shifts = jnp.zeros((n_cap, 3), jnp.int32).at[dest].set(s_tab, mode="drop")
+    packed = (fill * n_off).at[dest].set(tab, mode="drop")
     mask = jnp.arange(n_cap) < total
+    j = packed // n_off
+    d = offsets[packed % n_off]
+    # image shift: the bin wrap of b_i + d, plus the wrapping of both atoms
+    t = b[i] + d
+    wrap = jnp.where(pbc_row, jnp.floor_divide(t, nb[None, :]), 0)
+    off_int = offset.astype(jnp.int32)
+    shifts = jnp.where(mask[:, None], wrap + off_int[i] - off_int[j], 0)
     return Pairs(i, j, shifts, mask, rc, config.half), overflow

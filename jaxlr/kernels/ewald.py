@@ -27,8 +27,9 @@ import math
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
-from jaxlr.kernels.coulomb import _sigma_per_atom, pair_potential_sum, safe_distance
+from jaxlr.kernels.coulomb import _sigma_per_atom, pair_potential_sum
 from jaxlr.neighbors import Pairs, pair_vectors
 from jaxlr.units import COULOMB
 
@@ -38,6 +39,7 @@ __all__ = [
     "ewald_potential",
     "ewald_fns",
     "EwaldFns",
+    "real_space_energy",
     "real_space_potential",
     "reciprocal_energy",
     "reciprocal_potential",
@@ -53,17 +55,22 @@ class EwaldConfig:
     Attributes:
       alpha: splitting parameter in 1/Å.
       r_cut: real-space cutoff in Å.
-      k_max: (3,) largest |m_a| per reciprocal axis: the k set is the box
-        ``|m_a| <= k_max[a]``, ``m != 0``.
+      k_max: (3,) largest |m_a| per reciprocal axis. Without ``k_columns`` the k set
+        is the whole box ``|m_a| <= k_max[a]``, ``m != 0``.
+      k_columns: optional trimmed k set, grouped for the matrix products: one tuple
+        per group of flat column indices ``(m1 + K1) * (2 K2 + 1) + (m2 + K2)``.
+      k_heights: with ``k_columns``, the largest m3 of each group (m3 runs 0..height).
       chunk: atoms per chunk of the structure-factor accumulation.
       estimated_error: the tuner's estimate of the absolute energy error (Gaussian
-        units x sum q^2 scale), for information.
+        units), for information.
     """
 
     alpha: float
     r_cut: float
     k_max: tuple[int, int, int]
-    chunk: int = 2048
+    k_columns: tuple[tuple[int, ...], ...] | None = dataclasses.field(default=None, repr=False)
+    k_heights: tuple[int, ...] | None = None
+    chunk: int = 256
     estimated_error: float | None = dataclasses.field(default=None, compare=False)
 
     def __post_init__(self):
@@ -74,32 +81,83 @@ class EwaldConfig:
         if len(self.k_max) != 3 or any(int(k) < 0 for k in self.k_max):
             raise ValueError(f"k_max must be 3 non-negative integers, got {self.k_max}")
         object.__setattr__(self, "k_max", tuple(int(k) for k in self.k_max))
+        if (self.k_columns is None) != (self.k_heights is None):
+            raise ValueError("k_columns and k_heights go together")
+        if self.k_columns is not None:
+            if len(self.k_columns) != len(self.k_heights):
+                raise ValueError("k_columns and k_heights must have one entry per group")
+            n_cols = (2 * self.k_max[0] + 1) * (2 * self.k_max[1] + 1)
+            for cols, h in zip(self.k_columns, self.k_heights):
+                if not cols or min(cols) < 0 or max(cols) >= n_cols or not 0 <= h <= self.k_max[2]:
+                    raise ValueError("k_columns / k_heights outside the k_max box")
+            object.__setattr__(
+                self, "k_columns", tuple(tuple(int(c) for c in g) for g in self.k_columns)
+            )
+            object.__setattr__(self, "k_heights", tuple(int(h) for h in self.k_heights))
+
+    @property
+    def k_groups(self):
+        """Static k set: a list of ``(m1, m2, height)`` numpy groups (m3 = 0..height)."""
+        k1, k2, k3 = self.k_max
+        if self.k_columns is None:
+            m1, m2 = np.meshgrid(np.arange(-k1, k1 + 1), np.arange(-k2, k2 + 1), indexing="ij")
+            return [(m1.ravel(), m2.ravel(), k3)]
+        groups = []
+        for cols, h in zip(self.k_columns, self.k_heights):
+            c = np.asarray(cols)
+            groups.append((c // (2 * k2 + 1) - k1, c % (2 * k2 + 1) - k2, h))
+        return groups
+
+    @property
+    def n_kpoints(self) -> int:
+        """Number of k-points (half space) the kernel sums."""
+        return int(sum(len(m1) * (h + 1) for m1, _, h in self.k_groups))
 
 
 # ---------------------------------------------------------------- real space
 
 
-def real_space_potential(positions, charges, cell, pairs: Pairs, *, alpha, r_cut, sigma=None):
-    """(N,) real-space Ewald potential (Gaussian units) over ``pairs``."""
-    n = positions.shape[0]
+def _real_space_values(positions, charges, cell, pairs: Pairs, alpha, r_cut, sigma):
+    """(P,) pair values erfc(alpha r)/r [- erfc(r / sqrt(2 s2))/r], 0 beyond r_cut.
+
+    Coincident Gaussian charges take the finite limit 2 (1/w - alpha) / sqrt(pi); a
+    coincident point-charge pair (padding) gives 0. Derivatives stay finite."""
     r_vec = pair_vectors(positions, pairs, cell)
-    mask = pairs.mask
-    r = safe_distance(r_vec, mask)
-    inside = mask & (r < r_cut)
+    r2 = jnp.sum(r_vec * r_vec, axis=-1)
+    inside = pairs.mask & (r2 < r_cut * r_cut)
+    apart = inside & (r2 > 0)
+    r = jnp.sqrt(jnp.where(apart, r2, 1.0))
     v = jax.scipy.special.erfc(alpha * r) / r
     sig = _sigma_per_atom(sigma, charges)
-    if sig is not None:
-        s2 = sig[pairs.i] ** 2 + sig[pairs.j] ** 2
-        v = v - jax.scipy.special.erfc(r / jnp.sqrt(2.0 * s2)) / r
-    v = jnp.where(inside, v, 0.0)
-    return pair_potential_sum(v, charges, pairs, n)
+    if sig is None:
+        return jnp.where(apart, v, 0.0)
+    s2 = sig[pairs.i] ** 2 + sig[pairs.j] ** 2
+    width = jnp.sqrt(2.0 * s2)
+    v = v - jax.scipy.special.erfc(r / width) / r
+    small = r2 < 1e-6 * jnp.minimum(s2, 1.0 / alpha**2)
+    series = (2.0 / _SQRT_PI) * ((1.0 / width - alpha) - r2 / 3.0 * (1.0 / width**3 - alpha**3))
+    return jnp.where(inside, jnp.where(small, series, v), 0.0)
+
+
+def real_space_potential(positions, charges, cell, pairs: Pairs, *, alpha, r_cut, sigma=None):
+    """(N,) real-space Ewald potential (Gaussian units) over ``pairs``."""
+    v = _real_space_values(positions, charges, cell, pairs, alpha, r_cut, sigma)
+    return pair_potential_sum(v, charges, pairs, positions.shape[0])
+
+
+def real_space_energy(positions, charges, cell, pairs: Pairs, *, alpha, r_cut, sigma=None):
+    """Real-space Ewald energy (Gaussian units): sum over pairs of q_i q_j v(r_ij)
+    (half list; 1/2 of it for a full list)."""
+    v = _real_space_values(positions, charges, cell, pairs, alpha, r_cut, sigma)
+    e = jnp.sum(charges[pairs.i] * charges[pairs.j] * v)
+    return e if pairs.half else 0.5 * e
 
 
 # ---------------------------------------------------------------- reciprocal
 
 
 def _phases(positions, cell, k_max, dtype):
-    """Per-axis phase factors e_a[j, m] = exp(2 pi i m s_ja) and the m ranges."""
+    """Per-axis phase factors e_a[j, m] = exp(2 pi i m s_ja): m1, m2 from -K, m3 from 0."""
     s = positions @ jnp.linalg.inv(cell)
     cdtype = jnp.complex64 if dtype == jnp.float32 else jnp.complex128
     ms = [
@@ -107,31 +165,24 @@ def _phases(positions, cell, k_max, dtype):
         jnp.arange(-k_max[1], k_max[1] + 1, dtype=dtype),
         jnp.arange(0, k_max[2] + 1, dtype=dtype),
     ]
-    e = [
+    return [
         jax.lax.complex(jnp.cos(t), jnp.sin(t)).astype(cdtype)
         for t in ((2.0 * jnp.pi) * (s[:, a, None] * ms[a][None, :]) for a in range(3))
     ]
-    return e, ms
 
 
-def _k_weights(cell, alpha, k_max, dtype):
-    """(n1, n2, n3) weights w(m) exp(-k^2/4a^2)/k^2 with the half-space factor 2."""
+def _group_weights(cell, alpha, m1, m2, height, dtype):
+    """(C, height + 1) weights exp(-k^2/4a^2)/k^2 of a column group, with the
+    half-space factor 2 for m3 > 0 (the plane m3 = 0 holds both m and -m)."""
     recip = 2.0 * jnp.pi * jnp.linalg.inv(cell).T
-    m1 = jnp.arange(-k_max[0], k_max[0] + 1, dtype=dtype)
-    m2 = jnp.arange(-k_max[1], k_max[1] + 1, dtype=dtype)
-    m3 = jnp.arange(0, k_max[2] + 1, dtype=dtype)
-    k = (
-        m1[:, None, None, None] * recip[0][None, None, None, :]
-        + m2[None, :, None, None] * recip[1][None, None, None, :]
-        + m3[None, None, :, None] * recip[2][None, None, None, :]
-    )
+    m3 = np.arange(height + 1)
+    m = np.stack(np.broadcast_arrays(m1[:, None], m2[:, None], m3[None, :]), axis=-1)
+    k = jnp.asarray(m.astype(np.float64), dtype) @ recip  # (C, H, 3)
     k2 = jnp.sum(k * k, axis=-1)
-    # half space: m3 > 0 counts twice; in the plane m3 == 0 every m != 0 counts once
-    zero = (m1[:, None, None] == 0) & (m2[None, :, None] == 0) & (m3[None, None, :] == 0)
+    zero = np.all(m == 0, axis=-1)
     k2_safe = jnp.where(zero, 1.0, k2)
     w = jnp.where(zero, 0.0, jnp.exp(-k2_safe / (4.0 * alpha**2)) / k2_safe)
-    w = w * jnp.where(m3 > 0, 2.0, 1.0)[None, None, :]
-    return w
+    return w * jnp.asarray(np.where(m3 > 0, 2.0, 1.0)[None, :], dtype)
 
 
 def _pad_chunks(x, chunk):
@@ -142,54 +193,161 @@ def _pad_chunks(x, chunk):
     return x.reshape((n_chunks, chunk) + x.shape[1:])
 
 
-def _structure_factor(e, charges, chunk):
-    """S[m1, m2, m3] = sum_j q_j e1 e2 e3, accumulated over chunks of atoms."""
+def _structure_factors(e, charges, groups, k_max, chunk):
+    """S_g[c, m3] = sum_j q_j e1[j, m1_c] e2[j, m2_c] e3[j, m3] for each column group,
+    accumulated over chunks of atoms (memory O(chunk x k))."""
     e1, e2, e3 = e
-    n1, n2, n3 = e1.shape[1], e2.shape[1], e3.shape[1]
     chunk = min(chunk, e1.shape[0])
     qe1 = e1 * charges[:, None].astype(e1.dtype)
     xs = (_pad_chunks(qe1, chunk), _pad_chunks(e2, chunk), _pad_chunks(e3, chunk))
+    idx = [(m1 + k_max[0], m2 + k_max[1], h) for m1, m2, h in groups]
 
-    @jax.checkpoint
     def body(acc, x):
         a1, a2, a3 = x
-        a12 = (a1[:, :, None] * a2[:, None, :]).reshape(a1.shape[0], n1 * n2)
-        return acc + a12.T @ a3, None
+        out = []
+        for s_g, (i1, i2, h) in zip(acc, idx):
+            a12 = a1[:, i1] * a2[:, i2]  # (chunk, C)
+            out.append(s_g + a12.T @ a3[:, : h + 1])
+        return tuple(out), None
 
-    acc0 = jnp.zeros((n1 * n2, n3), e1.dtype)
+    acc0 = tuple(jnp.zeros((len(i1), h + 1), e1.dtype) for i1, _, h in idx)
     acc, _ = jax.lax.scan(body, acc0, xs)
-    return acc.reshape(n1, n2, n3)
+    return acc
 
 
-def reciprocal_energy(positions, charges, cell, *, alpha, k_max, chunk=2048):
-    """Reciprocal-space Ewald energy (Gaussian units), (2 pi / V) sum w |S|^2."""
+def _kspec_groups(kspec):
+    k_max, columns, heights, _ = kspec
+    return EwaldConfig(1.0, 1.0, k_max, columns, heights).k_groups
+
+
+def _phases_s(s, k_max):
+    """Phase factors from fractional coordinates (see :func:`_phases`)."""
+    dtype = s.dtype
+    cdtype = jnp.complex64 if dtype == jnp.float32 else jnp.complex128
+    ms = [
+        np.arange(-k_max[0], k_max[0] + 1),
+        np.arange(-k_max[1], k_max[1] + 1),
+        np.arange(0, k_max[2] + 1),
+    ]
+    return [
+        jax.lax.complex(jnp.cos(t), jnp.sin(t)).astype(cdtype)
+        for t in (
+            (2.0 * jnp.pi) * (s[:, a, None] * jnp.asarray(ms[a], dtype)[None, :]) for a in range(3)
+        )
+    ]
+
+
+@functools.partial(jax.custom_jvp, nondiff_argnums=(3,))
+def _weighted_power(s, charges, weights, kspec):
+    """sum_g sum w_g |S_g|^2 for fractional coordinates s; its JVP carries the exact
+    gradient in s and q (one more pass of matrix products, no scatters)."""
+    groups = _kspec_groups(kspec)
+    S = _structure_factors(_phases_s(s, kspec[0]), charges, groups, kspec[0], kspec[3])
+    return sum(jnp.sum(w * (jnp.real(x) ** 2 + jnp.imag(x) ** 2)) for w, x in zip(weights, S))
+
+
+@_weighted_power.defjvp
+def _weighted_power_jvp(kspec, primals, tangents):
+    s, charges, weights = primals
+    ds, dq, dw = tangents
+    k_max, chunk = kspec[0], kspec[3]
+    groups = _kspec_groups(kspec)
+    e = _phases_s(s, k_max)
+    S = _structure_factors(e, charges, groups, k_max, chunk)
+    power = [jnp.real(x) ** 2 + jnp.imag(x) ** 2 for x in S]
+    value = sum(jnp.sum(w * p) for w, p in zip(weights, power))
+    grad_s, grad_q = _power_gradient(e, charges, weights, S, groups, k_max, chunk)
+    tangent = jnp.sum(grad_s * ds) + jnp.sum(grad_q * dq)
+    tangent = tangent + sum(jnp.sum(p * t) for p, t in zip(power, dw))
+    return value, tangent
+
+
+def _power_gradient(e, charges, weights, S, groups, k_max, chunk):
+    """d/ds_j and d/dq_j of sum w |S|^2: 2 Re sum_m w conj(S) (q_j 2 pi i m, 1) e_j(m)."""
+    n = e[0].shape[0]
+    cdtype = e[0].dtype
+    chunk = min(chunk, n)
+    two_pi_i = 2j * np.pi
+    parts = []
+    for w, x, (m1, m2, h) in zip(weights, S, groups):
+        t = w.astype(cdtype) * jnp.conj(x)  # (C, H)
+        parts.append(
+            (
+                m1 + k_max[0],
+                m2 + k_max[1],
+                h,
+                t,
+                jnp.asarray(two_pi_i * m1, cdtype),
+                jnp.asarray(two_pi_i * m2, cdtype),
+                jnp.asarray(two_pi_i * np.arange(h + 1), cdtype),
+            )
+        )
+    xs = tuple(_pad_chunks(a, chunk) for a in e) + (_pad_chunks(charges, chunk),)
+
+    def body(_, xc):
+        a1, a2, a3, qc = xc
+        rows = a1.shape[0]
+        g = 0.0
+        for i1, i2, h, t, w1, w2, w3 in parts:
+            p = a1[:, i1] * a2[:, i2]  # (chunk, C)
+            # contract the long column axis first: [p, p 2 pi i m1, p 2 pi i m2] @ T
+            v = (jnp.concatenate([p, p * w1[None, :], p * w2[None, :]]) @ t).reshape(3, rows, h + 1)
+            e3 = a3[:, : h + 1]
+            g = g + jnp.stack(
+                [
+                    jnp.real(jnp.sum(v[0] * e3, axis=1)),
+                    jnp.real(jnp.sum(v[1] * e3, axis=1)),
+                    jnp.real(jnp.sum(v[2] * e3, axis=1)),
+                    jnp.real(jnp.sum(v[0] * e3 * w3[None, :], axis=1)),
+                ],
+                axis=1,
+            )
+        gq, gs = g[:, 0], g[:, 1:]
+        return None, (2.0 * qc[:, None] * gs, 2.0 * gq)
+
+    _, (gs, gq) = jax.lax.scan(body, None, xs)
+    return gs.reshape(-1, 3)[:n], gq.reshape(-1)[:n]
+
+
+def reciprocal_energy(positions, charges, cell, *, alpha, k_max, chunk=256, config=None):
+    """Reciprocal-space Ewald energy (Gaussian units), (2 pi / V) sum w |S|^2.
+
+    The k set is ``config``'s (:attr:`EwaldConfig.k_groups`), else the box ``k_max``.
+    Forces, charge gradients and stress come from a custom JVP that evaluates the
+    exact gradient with matrix products (no scatter), valid to any order."""
     dtype = positions.dtype
-    e, _ = _phases(positions, cell, k_max, dtype)
-    S = _structure_factor(e, charges, chunk)
-    w = _k_weights(cell, alpha, k_max, dtype)
+    if config is None:
+        config = EwaldConfig(alpha, 1.0, k_max, chunk=chunk)
+    kspec = (config.k_max, config.k_columns, config.k_heights, config.chunk)
+    s = positions @ jnp.linalg.inv(cell)
+    weights = tuple(_group_weights(cell, alpha, m1, m2, h, dtype) for m1, m2, h in config.k_groups)
     volume = jnp.abs(jnp.linalg.det(cell))
-    s2 = jnp.real(S) ** 2 + jnp.imag(S) ** 2
-    return (2.0 * jnp.pi / volume) * jnp.sum(w * s2)
+    return (2.0 * jnp.pi / volume) * _weighted_power(s, charges.astype(dtype), weights, kspec)
 
 
-def reciprocal_potential(positions, charges, cell, *, alpha, k_max, chunk=2048):
-    """(N,) reciprocal-space potential (Gaussian units), (4 pi / V) Re sum w S e^{-ik r}."""
+def reciprocal_potential(positions, charges, cell, *, alpha, k_max, chunk=256, config=None):
+    """(N,) reciprocal-space potential (Gaussian units), (4 pi / V) Re sum w S e^{-ik r},
+    over ``config``'s k set (else the box ``k_max``)."""
     dtype = positions.dtype
     n = positions.shape[0]
-    e, _ = _phases(positions, cell, k_max, dtype)
-    S = _structure_factor(e, charges, chunk)
-    w = _k_weights(cell, alpha, k_max, dtype)
+    groups = (EwaldConfig(alpha, 1.0, k_max) if config is None else config).k_groups
+    e = _phases(positions, cell, k_max, dtype)
+    S = _structure_factors(e, charges, groups, k_max, chunk)
     volume = jnp.abs(jnp.linalg.det(cell))
-    T = (w.astype(S.dtype) * S).reshape(-1, S.shape[2])  # (n1 n2, n3)
-    e1, e2, e3 = (jnp.conj(x) for x in e)
-    n1, n2 = e1.shape[1], e2.shape[1]
+    T = [
+        _group_weights(cell, alpha, m1, m2, h, dtype).astype(s_g.dtype) * s_g
+        for s_g, (m1, m2, h) in zip(S, groups)
+    ]
+    idx = [(m1 + k_max[0], m2 + k_max[1], h) for m1, m2, h in groups]
     chunk = min(chunk, n)
-    xs = (_pad_chunks(e1, chunk), _pad_chunks(e2, chunk), _pad_chunks(e3, chunk))
+    xs = tuple(_pad_chunks(jnp.conj(x), chunk) for x in e)
 
     def body(_, x):
         a1, a2, a3 = x
-        u = (a3 @ T.T).reshape(a1.shape[0], n1, n2)
-        phi = jnp.real(jnp.einsum("cab,ca,cb->c", u, a1, a2))
+        phi = 0.0
+        for t_g, (i1, i2, h) in zip(T, idx):
+            u = a3[:, : h + 1] @ t_g.T  # (chunk, C)
+            phi = phi + jnp.real(jnp.sum(u * a1[:, i1] * a2[:, i2], axis=1))
         return None, phi
 
     _, phi = jax.lax.scan(body, None, xs)
@@ -230,7 +388,13 @@ def ewald_potential(
         positions, charges, cell, pairs, alpha=config.alpha, r_cut=config.r_cut, sigma=sigma
     )
     phi = phi + reciprocal_potential(
-        positions, charges, cell, alpha=config.alpha, k_max=config.k_max, chunk=config.chunk
+        positions,
+        charges,
+        cell,
+        alpha=config.alpha,
+        k_max=config.k_max,
+        chunk=config.chunk,
+        config=config,
     )
     phi = phi + _self_and_background(charges, cell, config.alpha, sigma)
     return prefactor * phi
@@ -242,16 +406,16 @@ def ewald_energy(
     r"""Ewald energy of one periodic structure (eV with ``prefactor=COULOMB``).
 
     Arguments as :func:`ewald_potential`. The reciprocal part is evaluated as
-    (2 pi / V) sum w |S|^2 (one pass over the atoms), the rest as 1/2 q . phi.
+    (2 pi / V) sum w |S|^2 and the real part as sum over pairs of q_i q_j v(r_ij).
     """
     positions, charges, cell = jnp.asarray(positions), jnp.asarray(charges), jnp.asarray(cell)
-    phi = real_space_potential(
+    e = real_space_energy(
         positions, charges, cell, pairs, alpha=config.alpha, r_cut=config.r_cut, sigma=sigma
     )
-    phi = phi + _self_and_background(charges, cell, config.alpha, sigma)
-    e = 0.5 * jnp.sum(charges * phi)
+    phi_self = _self_and_background(charges, cell, config.alpha, sigma)
+    e = e + 0.5 * jnp.sum(charges * phi_self)
     e = e + reciprocal_energy(
-        positions, charges, cell, alpha=config.alpha, k_max=config.k_max, chunk=config.chunk
+        positions, charges, cell, alpha=config.alpha, k_max=config.k_max, config=config
     )
     return prefactor * e
 

@@ -21,6 +21,7 @@ deterministic.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import numpy as np
@@ -33,6 +34,7 @@ __all__ = [
     "ewald_error_estimate",
     "real_space_error",
     "reciprocal_box_error",
+    "k_set",
     "energy_scale",
     "COST_PAIR",
     "COST_CANDIDATE",
@@ -42,9 +44,9 @@ __all__ = [
 #: Cost model, seconds on one CPU core pair (measured, N = 8000): a real-space pair
 #: (energy + forces), a candidate pair examined by the jit cell-list builder, and one
 #: atom x k-point product (structure factor and its gradient).
-COST_PAIR = 9e-8
-COST_CANDIDATE = 2e-8
-COST_KPOINT = 9e-10
+COST_PAIR = 8.5e-8
+COST_CANDIDATE = 5e-9
+COST_KPOINT = 1.4e-9
 
 
 def energy_scale(charges, volume) -> float:
@@ -92,33 +94,88 @@ def _k_box(cell, k_c):
     return tuple(int(math.ceil(k_c * lengths[a] / (2.0 * math.pi) - 1e-9)) for a in range(3))
 
 
-def reciprocal_box_error(q2, cell, alpha, k_max) -> float:
-    """Expected reciprocal energy error of the box |m_a| <= k_max[a] (Gaussian units)."""
+def k_set(cell, k_c, n_groups=6):
+    """Trimmed half-space k set holding every k with |k| <= k_c at this cell.
+
+    Column (m1, m2) keeps m3 = 0..h with h the largest m3 >= 0 inside the sphere; the
+    plane m3 = 0 is kept symmetric under m -> -m. Columns are grouped by height so
+    each group is one matrix product. Returns ``(k_max, k_columns, k_heights)``.
+    """
+    cell = np.asarray(cell, dtype=np.float64)
+    recip = 2.0 * math.pi * np.linalg.inv(cell).T
+    k1, k2, k3 = _k_box(cell, k_c)
+    m1, m2 = np.meshgrid(np.arange(-k1, k1 + 1), np.arange(-k2, k2 + 1), indexing="ij")
+    u = m1[..., None] * recip[0] + m2[..., None] * recip[1]
+    b3 = recip[2]
+    # |u + t b3|^2 <= k_c^2: t in [t-, t+]
+    aa = b3 @ b3
+    bb = 2.0 * np.einsum("ijk,k->ij", u, b3)
+    cc = np.einsum("ijk,ijk->ij", u, u) - k_c**2
+    disc = bb * bb - 4 * aa * cc
+    t_hi = np.where(disc >= 0, (-bb + np.sqrt(np.maximum(disc, 0))) / (2 * aa), -1.0)
+    hi = np.where(t_hi >= 0, np.floor(t_hi + 1e-12), -1).astype(int)
+    hi = np.minimum(hi, k3)
+    keep = (hi >= 0) | (hi[::-1, ::-1] >= 0)  # symmetric plane m3 = 0
+    height = np.maximum(hi, 0)
+    flat = np.flatnonzero(keep.ravel())
+    heights = height.ravel()[flat]
+    order = np.argsort(heights, kind="stable")
+    flat, heights = flat[order], heights[order]
+    # split into groups of similar height (equal numbers of columns)
+    n_groups = max(1, min(n_groups, len(flat)))
+    bounds = np.linspace(0, len(flat), n_groups + 1).astype(int)
+    columns, group_h = [], []
+    for lo, up in zip(bounds[:-1], bounds[1:]):
+        if up > lo:
+            columns.append(tuple(int(c) for c in np.sort(flat[lo:up])))
+            group_h.append(int(heights[lo:up].max()))
+    k_max = (k1, k2, int(max(group_h)))
+    return k_max, tuple(columns), tuple(group_h)
+
+
+def _set_mask(config, m1, m2, m3):
+    """Is the full-space point m in the kernel's k set (or its mirror)?"""
+    k1, k2, _ = config.k_max
+    height = np.full((2 * k1 + 1, 2 * k2 + 1), -1)
+    for c1, c2, h in config.k_groups:
+        height[c1 + k1, c2 + k2] = h
+
+    def lookup(a, b, c):
+        inside = (np.abs(a) <= k1) & (np.abs(b) <= k2) & (c >= 0)
+        h = height[np.clip(a + k1, 0, 2 * k1), np.clip(b + k2, 0, 2 * k2)]
+        return inside & (c <= h)
+
+    return lookup(m1, m2, m3) | lookup(-m1, -m2, -m3)
+
+
+def reciprocal_box_error(q2, cell, alpha, k_max, config=None) -> float:
+    """Expected reciprocal energy error of the kernel's k set (Gaussian units):
+    ``(2 pi / V) q2 sum_{m outside} exp(-k^2/4 alpha^2)/k^2``; the box ``k_max``, or
+    ``config``'s trimmed set."""
     cell = np.asarray(cell, dtype=np.float64)
     volume = abs(np.linalg.det(cell))
     recip = 2.0 * math.pi * np.linalg.inv(cell).T
     lengths = np.linalg.norm(cell, axis=1)
-    # beyond the box, terms fall as exp(-k^2/4 alpha^2); sum a margin of 8 alpha
+    if config is None:
+        config = EwaldConfig(alpha, 1.0, k_max)
+    kb = config.k_max
+    # beyond the set, terms fall as exp(-k^2/4 alpha^2); sum a margin of 8 alpha
     reach = [
-        int(k_max[a] + math.ceil(8.0 * alpha * lengths[a] / (2.0 * math.pi)) + 1) for a in range(3)
+        int(kb[a] + math.ceil(8.0 * alpha * lengths[a] / (2.0 * math.pi)) + 1) for a in range(3)
     ]
-    if np.prod([2 * r + 1 for r in reach]) > 4e6:
+    if np.prod([2 * r + 1 for r in reach]) > 8e6:
         # too many terms to sum: integral bound outside the inscribed sphere
         heights = volume / np.linalg.norm(np.cross(cell[[1, 2, 0]], cell[[2, 0, 1]]), axis=1)
-        k_in = min(2.0 * math.pi * (k_max[a] + 1) / heights[a] for a in range(3))
+        k_in = min(2.0 * math.pi * (kb[a] + 1) / heights[a] for a in range(3))
         return q2 * alpha * erfc(k_in / (2.0 * alpha)) / math.sqrt(math.pi)
     total = 0.0
-    m1 = np.arange(-reach[0], reach[0] + 1)
-    m2 = np.arange(-reach[1], reach[1] + 1)
-    m3 = np.arange(-reach[2], reach[2] + 1)
-    for a in m1:
-        k = a * recip[0] + m2[:, None, None] * recip[1] + m3[None, :, None] * recip[2]
+    m2 = np.arange(-reach[1], reach[1] + 1)[:, None]
+    m3 = np.arange(-reach[2], reach[2] + 1)[None, :]
+    for a in range(-reach[0], reach[0] + 1):
+        k = a * recip[0] + m2[..., None] * recip[1] + m3[..., None] * recip[2]
         k2 = np.sum(k * k, axis=-1)
-        outside = (
-            (abs(a) > k_max[0])
-            | (np.abs(m2)[:, None] > k_max[1])
-            | (np.abs(m3)[None, :] > k_max[2])
-        )
+        outside = ~_set_mask(config, np.full_like(m2 + m3, a), m2 + 0 * m3, m3 + 0 * m2)
+        outside &= k2 > 0
         k2 = np.where(outside, k2, 1.0)
         total += float(np.sum(np.where(outside, np.exp(-k2 / (4.0 * alpha**2)) / k2, 0.0)))
     return (2.0 * math.pi / volume) * q2 * total
@@ -132,11 +189,11 @@ def ewald_error_estimate(charges, cell, config: EwaldConfig, sigma=None) -> floa
     volume = abs(np.linalg.det(cell))
     smax = None if sigma is None else float(np.max(sigma))
     return real_space_error(q2, volume, config.alpha, config.r_cut, smax) + reciprocal_box_error(
-        q2, cell, config.alpha, config.k_max
+        q2, cell, config.alpha, config.k_max, config
     )
 
 
-def _cost(n_atoms, volume, heights, r_cut, k_max):
+def _cost(n_atoms, volume, heights, r_cut, n_kpoints):
     rho = n_atoms / volume
     pairs = n_atoms * (2.0 / 3.0) * math.pi * rho * r_cut**3
     # the jit builder: bins of at least r_cut, padded to about 1.6x their mean filling
@@ -145,8 +202,7 @@ def _cost(n_atoms, volume, heights, r_cut, k_max):
     offsets = (np.prod([2 * d + 1 for d in reach]) + 1) / 2
     per_bin = 1.6 * n_atoms / np.prod(n_bins) + 4.0
     candidates = n_atoms * offsets * per_bin
-    kpoints = (2 * k_max[0] + 1) * (2 * k_max[1] + 1) * (k_max[2] + 1)
-    return COST_PAIR * pairs + COST_CANDIDATE * candidates + COST_KPOINT * n_atoms * kpoints
+    return COST_PAIR * pairs + COST_CANDIDATE * candidates + COST_KPOINT * n_atoms * n_kpoints
 
 
 def _tune_absolute(charges, cell, target, sigma, chunk, alpha=None):
@@ -163,20 +219,21 @@ def _tune_absolute(charges, cell, target, sigma, chunk, alpha=None):
     for alpha in alphas:
         r_cut = _rcut_for(q2, volume, alpha, 0.5 * target, smax)
         x = erfcinv(min(0.5 * target * math.sqrt(math.pi) / (q2 * alpha), 1.0))
-        k_c = 2.0 * alpha * max(float(x), 0.0)
-        k_max = _k_box(cell, k_c)
-        cost = _cost(n, volume, heights, r_cut, k_max)
+        k_c = 2.0 * alpha * max(float(x), 1e-3)
+        cfg = EwaldConfig(float(alpha), float(r_cut), *k_set(cell, k_c), chunk=chunk)
+        cost = _cost(n, volume, heights, r_cut, cfg.n_kpoints)
         if best is None or cost < best[0]:
-            best = (cost, float(alpha), float(r_cut), k_max)
-    _, alpha, r_cut, k_max = best
-    # the integral bound sized the box; verify on the actual k set and grow if needed
-    for _ in range(20):
-        err_k = reciprocal_box_error(q2, cell, alpha, k_max)
+            best = (cost, cfg, k_c)
+    _, cfg, k_c = best
+    # the integral bound sized the set; verify on the actual k set and grow if needed
+    for _ in range(40):
+        err_k = reciprocal_box_error(q2, cell, cfg.alpha, cfg.k_max, cfg)
         if err_k <= 0.5 * target:
             break
-        k_max = tuple(k + 1 for k in k_max)
-    err = real_space_error(q2, volume, alpha, r_cut, smax) + err_k
-    return EwaldConfig(alpha, r_cut, k_max, chunk=chunk, estimated_error=err)
+        k_c *= 1.05
+        cfg = EwaldConfig(cfg.alpha, cfg.r_cut, *k_set(cell, k_c), chunk=chunk)
+    err = real_space_error(q2, volume, cfg.alpha, cfg.r_cut, smax) + err_k
+    return dataclasses.replace(cfg, estimated_error=err)
 
 
 def real_space_tail(
@@ -263,7 +320,7 @@ def tune_ewald(
     *,
     accuracy=1e-6,
     sigma=None,
-    chunk=2048,
+    chunk=256,
     alpha=None,
     r_cut=None,
     k_max=None,
@@ -324,14 +381,11 @@ def tune_ewald(
                 )
                 + tail
             )
-            cfg = EwaldConfig(cfg.alpha, r, cfg.k_max, chunk=chunk, estimated_error=err)
+            cfg = dataclasses.replace(cfg, r_cut=r, estimated_error=err)
+    if k_max is not None:
+        cfg = EwaldConfig(cfg.alpha, cfg.r_cut, tuple(k_max), chunk=chunk)
+    if r_cut is not None:
+        cfg = dataclasses.replace(cfg, r_cut=float(r_cut))
     if r_cut is not None or k_max is not None:
-        cfg = EwaldConfig(
-            float(alpha) if alpha is not None else cfg.alpha,
-            float(r_cut) if r_cut is not None else cfg.r_cut,
-            tuple(k_max) if k_max is not None else cfg.k_max,
-            chunk=chunk,
-        )
-        err = ewald_error_estimate(q, cell, cfg, sigma)
-        cfg = EwaldConfig(cfg.alpha, cfg.r_cut, cfg.k_max, chunk=chunk, estimated_error=err)
+        cfg = dataclasses.replace(cfg, estimated_error=ewald_error_estimate(q, cell, cfg, sigma))
     return cfg
