@@ -66,7 +66,9 @@ def rel_energy_error(e, e_ref):
 def rel_rms_force_error(f, f_ref):
     f = np.asarray(f, dtype=np.float64)
     f_ref = np.asarray(f_ref, dtype=np.float64)
-    return float(np.sqrt(np.mean(np.sum((f - f_ref) ** 2, axis=1)) / np.mean(np.sum(f_ref**2, axis=1))))
+    return float(
+        np.sqrt(np.mean(np.sum((f - f_ref) ** 2, axis=1)) / np.mean(np.sum(f_ref**2, axis=1)))
+    )
 
 
 # --------------------------------------------------------------------------------------
@@ -154,7 +156,9 @@ def numpy_ewald(positions, charges, cell, alpha, rc, kc, chunk_bytes=256 * 2**20
     qq = q[i] * q[j]
     e_real = np.sum(qq * erfc(alpha * r) / r)
     # dE/dr for erfc(a r)/r
-    dedr = qq * (-erfc(alpha * r) / r**2 - 2.0 * alpha / math.sqrt(math.pi) * np.exp(-((alpha * r) ** 2)) / r)
+    dedr = qq * (
+        -erfc(alpha * r) / r**2 - 2.0 * alpha / math.sqrt(math.pi) * np.exp(-((alpha * r) ** 2)) / r
+    )
     fvec = (dedr / r)[:, None] * rij  # dE/d r_j
     forces = np.zeros_like(pos)
     np.add.at(forces, i, fvec)
@@ -167,8 +171,10 @@ def numpy_ewald(positions, charges, cell, alpha, rc, kc, chunk_bytes=256 * 2**20
     grids = np.meshgrid(*[np.arange(-m, m + 1) for m in nmax], indexing="ij")
     nvec = np.stack([g.ravel() for g in grids], axis=1)
     # half space: first nonzero component positive
-    half = (nvec[:, 0] > 0) | ((nvec[:, 0] == 0) & (nvec[:, 1] > 0)) | (
-        (nvec[:, 0] == 0) & (nvec[:, 1] == 0) & (nvec[:, 2] > 0)
+    half = (
+        (nvec[:, 0] > 0)
+        | ((nvec[:, 0] == 0) & (nvec[:, 1] > 0))
+        | ((nvec[:, 0] == 0) & (nvec[:, 1] == 0) & (nvec[:, 2] > 0))
     )
     kvec = nvec[half] @ recip
     k2 = np.sum(kvec**2, axis=1)
@@ -279,7 +285,10 @@ def run_worker(args, mem_limit_bytes, timeout_s, env=None, on_message=None, poll
             if len(stderr_chunks) > 400:
                 del stderr_chunks[:200]
 
-    threads = [threading.Thread(target=read_stdout, daemon=True), threading.Thread(target=read_stderr, daemon=True)]
+    threads = [
+        threading.Thread(target=read_stdout, daemon=True),
+        threading.Thread(target=read_stderr, daemon=True),
+    ]
     for t in threads:
         t.start()
     ps = psutil.Process(proc.pid)
