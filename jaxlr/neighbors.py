@@ -189,9 +189,17 @@ def _bins_numpy(positions, cell, pbc, cutoff, n_bins, n_search):
 
 
 def neighbor_pairs(
-    positions, cutoff, cell=None, pbc=None, *, half=True, capacity=None, bin_size=None
+    positions,
+    cutoff,
+    cell=None,
+    pbc=None,
+    *,
+    half=True,
+    capacity=None,
+    bin_size=None,
+    backend="auto",
 ) -> Pairs:
-    """All pairs closer than ``cutoff``, built on the host with cell lists (numpy).
+    """All pairs closer than ``cutoff``, built on the host with cell lists.
 
     Args:
       positions: (N, 3) positions in Å (need not be wrapped).
@@ -200,7 +208,9 @@ def neighbor_pairs(
       pbc: periodic axes (3 bools); default all True with a cell.
       half: keep each unordered pair once.
       capacity: pad the list to this many slots; None for the exact count.
-      bin_size: cell-list bin size in Å (default: half the cutoff).
+      bin_size: cell-list bin size in Å for the numpy search (default: cutoff / 2).
+      backend: "numpy" (jaxlr's cell lists), "vesin" (C++, if installed; periodic or
+        slab cells), or "auto" (vesin when installed and a cell is given).
 
     Returns:
       :class:`Pairs` as numpy-backed jax arrays, sorted by ``(i, j)``.
@@ -212,7 +222,7 @@ def neighbor_pairs(
     cell, pbc = validate_cell(cell, pbc)
     if not (np.isfinite(cutoff) and cutoff > 0):
         raise ValueError(f"cutoff must be a positive number, got {cutoff}")
-    i, j, S = _host_pairs(positions, float(cutoff), cell, pbc, half, bin_size)
+    i, j, S = _host_pairs(positions, float(cutoff), cell, pbc, half, bin_size, backend)
     n = len(i)
     if capacity is None:
         capacity = n
@@ -298,22 +308,65 @@ def _host_chunks(positions, cutoff, cell, pbc, half, bin_size=None, centers=None
         yield ii, jj, sh
 
 
-def _host_pairs(positions, cutoff, cell, pbc, half, bin_size=None):
+def _vesin_chunks(positions, cutoff, cell, pbc, half):
+    """The same pairs from vesin (C++), when it is installed: one chunk."""
+    import vesin
+
+    s = positions @ np.linalg.inv(cell)
+    offset = np.where(np.asarray(pbc), np.floor(s), 0.0).astype(np.int64)
+    wrapped = (s - offset) @ cell
+    nl = vesin.NeighborList(cutoff=float(cutoff), full_list=True)
+    i, j, S = nl.compute(wrapped, cell, list(pbc), quantities="ijS")
+    i, j = i.astype(np.int64), j.astype(np.int64)
+    S = S.astype(np.int64) + offset[i] - offset[j]
+    if half:
+        k = _HalfRule(positions, cell, pbc, cutoff)(i, j, S)
+        i, j, S = i[k], j[k], S[k]
+    yield i, j, S
+
+
+def _use_vesin(cell, backend):
+    if backend not in ("auto", "numpy", "vesin"):
+        raise ValueError(f"backend must be 'auto', 'numpy' or 'vesin', got {backend!r}")
+    if backend == "numpy" or cell is None:
+        return False
+    try:
+        import vesin  # noqa: F401
+    except ImportError:
+        if backend == "vesin":
+            raise
+        return False
+    return True
+
+
+def _host_pairs(positions, cutoff, cell, pbc, half, bin_size=None, backend="auto"):
     """Sorted ``(i, j, shifts)`` numpy arrays of all pairs within ``cutoff``."""
-    chunks = list(_host_chunks(positions, cutoff, cell, pbc, half, bin_size))
+    if _use_vesin(cell, backend) and bin_size is None:
+        chunks = list(_vesin_chunks(positions, cutoff, cell, pbc, half))
+    else:
+        chunks = list(_host_chunks(positions, cutoff, cell, pbc, half, bin_size))
     if not chunks:
         return np.zeros(0, np.int32), np.zeros(0, np.int32), np.zeros((0, 3), np.int32)
     i = np.concatenate([c[0] for c in chunks])
     j = np.concatenate([c[1] for c in chunks])
     S = np.concatenate([c[2] for c in chunks])
-    perm = np.lexsort((S[:, 2], S[:, 1], S[:, 0], j, i))
+    # deterministic order: by (i, j), then the shifts (one stable sort on a packed key)
+    n = len(positions)
+    span = int(np.abs(S).max(initial=0)) + 1
+    key = ((i * n + j) * (2 * span + 1) + S[:, 0] + span) * (2 * span + 1) + S[:, 1] + span
+    key = key * (2 * span + 1) + S[:, 2] + span
+    perm = np.argsort(key, kind="stable")
     return i[perm].astype(np.int32), j[perm].astype(np.int32), S[perm].astype(np.int32)
 
 
 def _host_counts(positions, cutoff, cell, pbc, half):
     """Pairs per atom (as ``i``) without building the list."""
     count = np.zeros(len(positions), np.int64)
-    for ii, _, _ in _host_chunks(positions, cutoff, cell, pbc, half):
+    if _use_vesin(cell, "auto"):
+        chunks = _vesin_chunks(positions, cutoff, cell, pbc, half)
+    else:
+        chunks = _host_chunks(positions, cutoff, cell, pbc, half)
+    for ii, _, _ in chunks:
         count += np.bincount(ii, minlength=len(positions))
     return count
 

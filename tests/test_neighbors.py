@@ -65,14 +65,24 @@ def random_system(rng, pbc_random):
     return pos, cell, pbc, cutoff
 
 
+BACKENDS = ["numpy"]
+try:
+    import vesin  # noqa: F401
+
+    BACKENDS.append("vesin")
+except ImportError:
+    pass
+
+
 @pytest.mark.parametrize("seed", range(12))
 @pytest.mark.parametrize("half", [True, False])
 def test_host_and_jit_pairs_match_brute_force(seed, half):
     rng = np.random.default_rng(seed)
     pos, cell, pbc, cutoff = random_system(rng, pbc_random=seed % 2 == 1)
     ref = brute_force(pos, cutoff, cell, pbc, half)
-    p = neighbors.neighbor_pairs(pos, cutoff, cell, pbc, half=half)
-    assert as_set(p.i, p.j, p.shifts, half) == ref
+    for backend in BACKENDS:
+        p = neighbors.neighbor_pairs(pos, cutoff, cell, pbc, half=half, backend=backend)
+        assert as_set(p.i, p.j, p.shifts, half) == ref, backend
     fns = neighbors.neighbor_list(pos, cutoff, cell, pbc, half=half)
     pj, overflow = jax.jit(fns.build)(jnp.asarray(pos), jnp.asarray(cell))
     assert not bool(overflow)
