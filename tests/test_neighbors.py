@@ -87,6 +87,16 @@ def test_host_and_jit_pairs_match_brute_force(seed, half):
     pj, overflow = jax.jit(fns.build)(jnp.asarray(pos), jnp.asarray(cell))
     assert not bool(overflow)
     assert as_set(pj.i, pj.j, pj.shifts, half, pj.mask) == ref
+    # host and jit keep the same orientation of every pair (capacities are sized on it)
+    m = np.asarray(pj.mask)
+    jit_oriented = {
+        (a, b_, *s)
+        for a, b_, s in zip(np.asarray(pj.i)[m], np.asarray(pj.j)[m], np.asarray(pj.shifts)[m])
+    }
+    host_oriented = {
+        (a, b_, *s) for a, b_, s in zip(np.asarray(p.i), np.asarray(p.j), np.asarray(p.shifts))
+    }
+    assert jit_oriented == host_oriented
 
 
 def test_pair_vectors_and_distances():
