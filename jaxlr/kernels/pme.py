@@ -20,10 +20,22 @@ import dataclasses
 import functools
 import math
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 
-__all__ = ["PMEConfig", "bspline_weights", "spread_charges", "pme_reciprocal_energy"]
+from jaxlr.kernels.ewald import _self_and_background, real_space_energy
+from jaxlr.neighbors import Pairs
+from jaxlr.units import COULOMB
+
+__all__ = [
+    "PMEConfig",
+    "bspline_weights",
+    "spread_charges",
+    "pme_reciprocal_energy",
+    "pme_energy",
+    "pme_potential",
+]
 
 # Work towards the PME issue: the reciprocal kernel is here and tested against
 # Ewald; tuning, method="pme" and slabs come with that issue.
@@ -31,11 +43,14 @@ __all__ = ["PMEConfig", "bspline_weights", "spread_charges", "pme_reciprocal_ene
 
 @dataclasses.dataclass(frozen=True)
 class PMEConfig:
-    """Static mesh parameters: ``mesh`` (K1, K2, K3) and B-spline ``order``."""
+    """Static PME parameters: splitting ``alpha`` (1/Å), ``mesh`` (K1, K2, K3),
+    B-spline ``order`` and the real-space cutoff ``r_cut`` (Å; only for the full
+    energy)."""
 
     alpha: float
     mesh: tuple[int, int, int]
     order: int = 6
+    r_cut: float | None = None
 
     def __post_init__(self):
         if not (self.alpha > 0 and math.isfinite(self.alpha)):
@@ -158,3 +173,36 @@ def pme_reciprocal_energy(positions, charges, cell, *, config: PMEConfig):
     power = jnp.real(q_hat) ** 2 + jnp.imag(q_hat) ** 2
     volume = jnp.abs(jnp.linalg.det(cell))
     return (2.0 * jnp.pi / volume) * jnp.sum(g * jnp.asarray(bmod, dtype) * power)
+
+
+def pme_energy(
+    positions, charges, cell, pairs: Pairs, *, config: PMEConfig, sigma=None, prefactor=COULOMB
+):
+    """Full PME energy (eV with ``prefactor=COULOMB``): Ewald's real-space, self and
+    background terms with the reciprocal part on the mesh. Arguments as
+    :func:`jaxlr.kernels.ewald_energy`; ``config.r_cut`` is the real-space cutoff."""
+    if config.r_cut is None:
+        raise ValueError("config.r_cut is needed for the full PME energy")
+    positions, charges, cell = jnp.asarray(positions), jnp.asarray(charges), jnp.asarray(cell)
+    e = real_space_energy(
+        positions, charges, cell, pairs, alpha=config.alpha, r_cut=config.r_cut, sigma=sigma
+    )
+    e = e + 0.5 * jnp.sum(charges * _self_and_background(charges, cell, config.alpha, sigma))
+    e = e + pme_reciprocal_energy(positions, charges, cell, config=config)
+    return prefactor * e
+
+
+def pme_potential(
+    positions, charges, cell, pairs: Pairs, *, config: PMEConfig, sigma=None, prefactor=COULOMB
+):
+    """(N,) PME potential phi_i = dE/dq_i (V with ``prefactor=COULOMB``); exact, since E
+    is quadratic in q, so E = 1/2 sum q_i phi_i."""
+    return jax.grad(pme_energy, argnums=1)(
+        positions,
+        jnp.asarray(charges),
+        cell,
+        pairs,
+        config=config,
+        sigma=sigma,
+        prefactor=prefactor,
+    )
