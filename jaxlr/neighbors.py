@@ -519,6 +519,9 @@ def _size_config(positions, cell, pbc, r_list, half, mult):
 
 def _jit_build(positions, cell, config: CellListConfig):
     """Cell-list pair build inside jit (see :func:`neighbor_list`)."""
+    if config.periodic_cell != (cell is not None):
+        need = "a (3, 3) cell" if config.periodic_cell else "cell=None"
+        raise ValueError(f"this neighbour list was prepared for {need}; got cell={cell!r:.40}")
     n_atoms = positions.shape[0]
     dtype = positions.dtype
     pbc = np.asarray(config.pbc)

@@ -134,6 +134,14 @@ def test_host_capacity_overflow_raises():
         neighbors.neighbor_pairs(pos, 4.0, np.eye(3) * 5, capacity=3)
 
 
+def test_jit_builder_checks_the_cell():
+    pos = np.random.default_rng(4).uniform(0, 10, (20, 3))
+    with pytest.raises(ValueError, match="cell"):
+        neighbors.neighbor_list(pos, 3.0, np.eye(3) * 10).build(jnp.asarray(pos), None)
+    with pytest.raises(ValueError, match="cell"):
+        neighbors.neighbor_list(pos, 3.0).build(jnp.asarray(pos), jnp.eye(3) * 10)
+
+
 def test_jit_overflow_is_flagged():
     rng = np.random.default_rng(1)
     cell = np.eye(3) * 10.0

@@ -158,17 +158,8 @@ def real_space_energy(positions, charges, cell, pairs: Pairs, *, alpha, r_cut, s
 
 def _phases(positions, cell, k_max, dtype):
     """Per-axis phase factors e_a[j, m] = exp(2 pi i m s_ja): m1, m2 from -K, m3 from 0."""
-    s = positions @ jnp.linalg.inv(cell)
-    cdtype = jnp.complex64 if dtype == jnp.float32 else jnp.complex128
-    ms = [
-        jnp.arange(-k_max[0], k_max[0] + 1, dtype=dtype),
-        jnp.arange(-k_max[1], k_max[1] + 1, dtype=dtype),
-        jnp.arange(0, k_max[2] + 1, dtype=dtype),
-    ]
-    return [
-        jax.lax.complex(jnp.cos(t), jnp.sin(t)).astype(cdtype)
-        for t in ((2.0 * jnp.pi) * (s[:, a, None] * ms[a][None, :]) for a in range(3))
-    ]
+    del dtype  # the phases follow the dtype of positions
+    return _phases_s(positions @ jnp.linalg.inv(cell), k_max)
 
 
 def _group_weights(cell, alpha, m1, m2, height, dtype):
