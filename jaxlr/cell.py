@@ -17,6 +17,7 @@ __all__ = [
     "volume",
     "reciprocal_cell",
     "heights",
+    "host_heights",
     "fractional",
     "cartesian",
     "wrap",
@@ -96,6 +97,13 @@ def heights(cell):
         ]
     )
     return volume(cell) / jnp.linalg.norm(cross, axis=-1)
+
+
+def host_heights(cell) -> np.ndarray:
+    """(3,) plane heights V / |a_j x a_k| in Å, on the host (numpy)."""
+    cell = np.asarray(cell, dtype=np.float64)
+    cross = np.cross(cell[[1, 2, 0]], cell[[2, 0, 1]])
+    return abs(np.linalg.det(cell)) / np.linalg.norm(cross, axis=1)
 
 
 def fractional(positions, cell):

@@ -34,7 +34,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxlr.cell import validate_cell, validate_positions
+from jaxlr.cell import heights as cell_heights
+from jaxlr.cell import host_heights, validate_cell, validate_positions
 
 __all__ = [
     "Pairs",
@@ -143,9 +144,7 @@ def _frame(positions, cell, pbc):
         return positions, np.ones(3), np.eye(3)
     inv = np.linalg.inv(cell)
     s = positions @ inv
-    cross = np.cross(cell[[1, 2, 0]], cell[[2, 0, 1]])
-    heights = abs(np.linalg.det(cell)) / np.linalg.norm(cross, axis=1)
-    return s, heights, cell
+    return s, host_heights(cell), cell
 
 
 def _grid(positions, cell, pbc, cutoff, bin_size=None):
@@ -537,10 +536,7 @@ def _jit_build(positions, cell, config: CellListConfig):
     else:
         to_cart = cell
         s = positions @ jnp.linalg.inv(cell)
-        cross = jnp.stack(
-            [jnp.cross(cell[1], cell[2]), jnp.cross(cell[2], cell[0]), jnp.cross(cell[0], cell[1])]
-        )
-        heights = jnp.abs(jnp.linalg.det(cell)) / jnp.linalg.norm(cross, axis=-1)
+        heights = cell_heights(cell)
     s = jax.lax.stop_gradient(s)
     heights = jax.lax.stop_gradient(heights)
     pbc_row = pbc[None, :]

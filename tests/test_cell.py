@@ -16,6 +16,7 @@ def test_volume_reciprocal_heights():
     # height along a_0 = projection of a_0 on the unit normal of the (a_1, a_2) plane
     n0 = np.cross(CELL[1], CELL[2])
     assert h[0] == pytest.approx(abs(CELL[0] @ n0) / np.linalg.norm(n0))
+    np.testing.assert_allclose(C.host_heights(CELL), h, rtol=1e-14)
     assert np.prod(h) <= float(C.volume(c)) / np.prod(h) * np.prod(h) + 1e-9
 
 

@@ -27,6 +27,7 @@ import math
 import numpy as np
 from scipy.special import erfc, erfcinv
 
+from jaxlr.cell import host_heights
 from jaxlr.kernels.ewald import EwaldConfig
 
 __all__ = [
@@ -165,7 +166,7 @@ def reciprocal_box_error(q2, cell, alpha, k_max, config=None) -> float:
     ]
     if np.prod([2 * r + 1 for r in reach]) > 8e6:
         # too many terms to sum: integral bound outside the inscribed sphere
-        heights = volume / np.linalg.norm(np.cross(cell[[1, 2, 0]], cell[[2, 0, 1]]), axis=1)
+        heights = host_heights(cell)
         k_in = min(2.0 * math.pi * (kb[a] + 1) / heights[a] for a in range(3))
         return q2 * alpha * erfc(k_in / (2.0 * alpha)) / math.sqrt(math.pi)
     total = 0.0
@@ -211,7 +212,7 @@ def _tune_absolute(charges, cell, target, sigma, chunk, alpha=None):
     q2 = float(np.sum(q * q)) or float(n)
     volume = abs(np.linalg.det(cell))
     smax = None if sigma is None else float(np.max(sigma))
-    heights = volume / np.linalg.norm(np.cross(cell[[1, 2, 0]], cell[[2, 0, 1]]), axis=1)
+    heights = host_heights(cell)
     a0 = math.sqrt(math.pi) * (n / volume**2) ** (1.0 / 6.0)  # classic balance point
     a0 = max(a0, 2.0 / heights.min() / 10.0)
     best = None
