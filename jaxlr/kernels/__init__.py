@@ -1,4 +1,4 @@
-"""Pure kernels: direct Coulomb, Ewald and their tuning (no Flax)."""
+"""Pure kernels: direct Coulomb, Ewald, particle-mesh Ewald and their tuning (no Flax)."""
 
 from jaxlr.kernels.coulomb import coulomb_energy, coulomb_potential
 from jaxlr.kernels.ewald import (
@@ -12,7 +12,20 @@ from jaxlr.kernels.ewald import (
     reciprocal_energy,
     reciprocal_potential,
 )
-from jaxlr.kernels.tuning import ewald_error_estimate, tune_ewald
+from jaxlr.kernels.pme import (
+    PMEConfig,
+    pme_energy,
+    pme_potential,
+    pme_reciprocal_energy,
+    spread_charges,
+)
+from jaxlr.kernels.tuning import (
+    ewald_error_estimate,
+    fft_size,
+    pme_error_estimate,
+    tune_ewald,
+    tune_pme,
+)
 
 __all__ = [
     "coulomb_energy",
@@ -26,6 +39,14 @@ __all__ = [
     "real_space_potential",
     "reciprocal_energy",
     "reciprocal_potential",
+    "PMEConfig",
+    "pme_energy",
+    "pme_potential",
+    "pme_reciprocal_energy",
+    "spread_charges",
     "ewald_error_estimate",
+    "pme_error_estimate",
+    "fft_size",
     "tune_ewald",
+    "tune_pme",
 ]

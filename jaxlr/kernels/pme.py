@@ -37,9 +37,6 @@ __all__ = [
     "pme_potential",
 ]
 
-# Work towards the PME issue: the reciprocal kernel is here and tested against
-# Ewald; tuning, method="pme" and slabs come with that issue.
-
 
 @dataclasses.dataclass(frozen=True)
 class PMEConfig:
@@ -51,6 +48,9 @@ class PMEConfig:
     mesh: tuple[int, int, int]
     order: int = 6
     r_cut: float | None = None
+    influence: str = "spme"
+    self_correction: bool = True
+    estimated_error: float | None = dataclasses.field(default=None, compare=False)
 
     def __post_init__(self):
         if not (self.alpha > 0 and math.isfinite(self.alpha)):
@@ -60,6 +60,8 @@ class PMEConfig:
         object.__setattr__(self, "mesh", tuple(int(k) for k in self.mesh))
         if not 3 <= self.order <= 12:
             raise ValueError(f"order must be in 3..12, got {self.order}")
+        if self.influence not in ("spme", "p3m"):
+            raise ValueError(f"influence must be 'spme' or 'p3m', got {self.influence!r}")
         if any(k < self.order for k in self.mesh):
             raise ValueError(f"every mesh size must be >= order {self.order}, got {self.mesh}")
 
@@ -133,46 +135,109 @@ def spread_charges(s, charges, mesh, order):
     return q.reshape(mesh)
 
 
+def _axis_factors(k_mesh, order):
+    """Exact per-axis aliasing sums at the integer frequencies n = fftfreq(K) * K.
+
+    With W(xi) = sinc(xi)^p the Fourier transform of the order-p B-spline (xi = n/K +
+    j over the aliases j), Poisson summation gives finite sums:
+
+    * ``u0 = |W(n/K)|`` (the principal alias);
+    * ``a = sum_j W(n/K + j)^2 = sum_k M_2p(k + p) cos(2 pi n k / K)`` (the
+      autocorrelation of M_p is the centred M_2p);
+    * ``b2 = |sum_j (-1)^{jp} W(n/K + j)|^2 = 1 / modulus`` (SPME's b-factor).
+    """
+    n = np.fft.fftfreq(k_mesh, 1.0 / k_mesh)
+    u0 = np.abs(np.sinc(n / k_mesh)) ** order
+    m2p = _bspline_at_integers(2 * order)
+    k = np.arange(-(order - 1), order)
+    a = np.sum(m2p[k + order][None, :] * np.cos(2 * np.pi * np.outer(n, k) / k_mesh), axis=1)
+    mod = _modulus(order, k_mesh)
+    b2 = np.where(mod > 0, 1.0 / np.where(mod > 0, mod, 1.0), np.inf)
+    return u0, a, b2
+
+
 @functools.lru_cache(maxsize=64)
-def _mesh_tables(mesh, order):
-    """Static numpy tables: integer m per axis (FFT order, rfft on the last) and B(m)."""
+def _mesh_tables(mesh, order, influence="spme"):
+    """Static numpy tables on the rfft half mesh.
+
+    Returns ``(m, c, bias)``: the integer m per axis (FFT order, non-negative on the
+    last), the influence factor ``c`` (G = R(k) c, with R = 4 pi e^{-k^2/4a^2}/k^2)
+    and the mean self-interaction error factor ``c * a - 1``, both with the
+    half-space weights (2 for interior m3 planes) folded in.
+
+    * ``spme``: ``c = prod_a 1 / b2_a`` (Essmann's modulus correction);
+    * ``p3m``: ``c = prod_a u0_a^2 / a_a^2``, the influence function minimising the
+      RMS energy error over uniformly placed charges (Hockney & Eastwood, for the
+      potential; principal alias of R).
+    """
+    half = mesh[2] // 2 + 1
     m = [
         np.fft.fftfreq(mesh[0], 1.0 / mesh[0]),
         np.fft.fftfreq(mesh[1], 1.0 / mesh[1]),
-        np.arange(mesh[2] // 2 + 1),
+        np.arange(half),
     ]
-    b = [
-        _modulus(order, mesh[0]),
-        _modulus(order, mesh[1]),
-        _modulus(order, mesh[2])[: mesh[2] // 2 + 1],
-    ]
-    bmod = b[0][:, None, None] * b[1][None, :, None] * b[2][None, None, :]
+    cs, cas = [], []
+    for axis, k_mesh in enumerate(mesh):
+        u0, a, b2 = _axis_factors(k_mesh, order)
+        if influence == "spme":
+            c = np.where(np.isfinite(b2), 1.0 / b2, 0.0)
+        elif influence == "p3m":
+            c = u0**2 / a**2
+        else:
+            raise ValueError(f"influence must be 'spme' or 'p3m', got {influence!r}")
+        if axis == 2:
+            c, a = c[:half], a[:half]
+        cs.append(c)
+        cas.append(c * a)
+
+    def outer(v):
+        return v[0][:, None, None] * v[1][None, :, None] * v[2][None, None, :]
+
     # rfft holds m3 >= 0: interior planes count twice (m and -m), 0 and Nyquist once
-    weight3 = np.full(mesh[2] // 2 + 1, 2.0)
+    weight3 = np.full(half, 2.0)
     weight3[0] = 1.0
     if mesh[2] % 2 == 0:
         weight3[-1] = 1.0
-    return m, bmod * weight3[None, None, :]
+    w = weight3[None, None, :]
+    return m, outer(cs) * w, (outer(cas) - 1.0) * w
+
+
+def _mesh_weights(cell, alpha, mesh, dtype):
+    """exp(-k^2 / 4 alpha^2) / k^2 on the rfft half mesh, 0 at k = 0."""
+    (m1, m2, m3), _, _ = _mesh_tables(mesh, 4)
+    recip = 2.0 * jnp.pi * jnp.linalg.inv(cell).T
+    k = (
+        jnp.asarray(m1, dtype)[:, None, None, None] * recip[0][None, None, None, :]
+        + jnp.asarray(m2, dtype)[None, :, None, None] * recip[1][None, None, None, :]
+        + jnp.asarray(m3, dtype)[None, None, :, None] * recip[2][None, None, None, :]
+    )
+    k2 = jnp.sum(k * k, axis=-1)
+    zero = np.zeros((len(m1), len(m2), len(m3)), bool)
+    zero[0, 0, 0] = True
+    k2 = jnp.where(zero, 1.0, k2)
+    return jnp.where(zero, 0.0, jnp.exp(-k2 / (4.0 * alpha**2)) / k2)
 
 
 def pme_reciprocal_energy(positions, charges, cell, *, config: PMEConfig):
-    """Reciprocal-space energy (Gaussian units) by smooth PME on ``config.mesh``."""
+    """Reciprocal-space energy (Gaussian units) on ``config.mesh``.
+
+    ``(2 pi / V) sum_k e^{-k^2/4a^2}/k^2 [c(k) |FFT(Q)(k)|^2 - Q2 (c(k) a(k) - 1)]``:
+    the second term (``config.self_correction``) removes the mean spurious
+    self-interaction of each charge with its own mesh image, which is otherwise the
+    largest error of smooth PME (a bias of order ``Q2 h^p``)."""
     dtype = positions.dtype
     mesh, order = config.mesh, config.order
+    charges = charges.astype(dtype)
     s = positions @ jnp.linalg.inv(cell)
-    q_mesh = spread_charges(s, charges.astype(dtype), mesh, order)
-    q_hat = jnp.fft.rfftn(q_mesh)
-    (m1, m2, m3), bmod = _mesh_tables(mesh, order)
-    recip = 2.0 * jnp.pi * jnp.linalg.inv(cell).T
-    m = np.stack(np.meshgrid(m1, m2, m3, indexing="ij"), axis=-1)
-    k = jnp.asarray(m, dtype) @ recip
-    k2 = jnp.sum(k * k, axis=-1)
-    zero = np.all(m == 0, axis=-1)
-    k2 = jnp.where(zero, 1.0, k2)
-    g = jnp.where(zero, 0.0, jnp.exp(-k2 / (4.0 * config.alpha**2)) / k2)
+    q_hat = jnp.fft.rfftn(spread_charges(s, charges, mesh, order))
+    _, c, bias = _mesh_tables(mesh, order, config.influence)
+    g = _mesh_weights(cell, config.alpha, mesh, dtype)
     power = jnp.real(q_hat) ** 2 + jnp.imag(q_hat) ** 2
     volume = jnp.abs(jnp.linalg.det(cell))
-    return (2.0 * jnp.pi / volume) * jnp.sum(g * jnp.asarray(bmod, dtype) * power)
+    e = jnp.sum(g * jnp.asarray(c, dtype) * power)
+    if config.self_correction:
+        e = e - jnp.sum(charges * charges) * jnp.sum(g * jnp.asarray(bias, dtype))
+    return (2.0 * jnp.pi / volume) * e
 
 
 def pme_energy(
