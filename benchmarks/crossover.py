@@ -25,7 +25,11 @@ from jaxlr.kernels.tuning import ewald_cost, pme_cost  # noqa: E402
 def system(n, seed=0):
     rng = np.random.default_rng(seed)
     side = (n / 0.1) ** (1 / 3)
-    return rng.uniform(0, side, (n, 3)), rng.permutation(np.tile([1.0, -1.0], n // 2)), side * np.eye(3)
+    return (
+        rng.uniform(0, side, (n, 3)),
+        rng.permutation(np.tile([1.0, -1.0], n // 2)),
+        side * np.eye(3),
+    )
 
 
 def time_energy_forces(fn, pos, q, cell, dtype, repeats=7):
