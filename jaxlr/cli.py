@@ -113,7 +113,7 @@ def build_parser():
         "'charges' or 'REF_charges')",
     )
     p.add_argument("--accuracy", type=float, default=1e-6, help="relative energy accuracy")
-    p.add_argument("--method", default="auto", choices=["auto", "direct", "ewald"])
+    p.add_argument("--method", default="auto", choices=["auto", "direct", "ewald", "pme"])
     p.add_argument("--index", default="-1", help="which frame of a trajectory (ASE index)")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(func=energy_command)

@@ -218,6 +218,12 @@ def _mesh_weights(cell, alpha, mesh, dtype):
     return jnp.where(zero, 0.0, jnp.exp(-k2 / (4.0 * alpha**2)) / k2)
 
 
+def _tree_sum(x):
+    """Sum a 3D mesh axis by axis: in float32 one flat reduction over 10^5-10^6
+    terms loses ~1e-6 relative, axis by axis ~1e-8."""
+    return jnp.sum(jnp.sum(jnp.sum(x, axis=2), axis=1))
+
+
 def pme_reciprocal_energy(positions, charges, cell, *, config: PMEConfig):
     """Reciprocal-space energy (Gaussian units) on ``config.mesh``.
 
@@ -234,9 +240,9 @@ def pme_reciprocal_energy(positions, charges, cell, *, config: PMEConfig):
     g = _mesh_weights(cell, config.alpha, mesh, dtype)
     power = jnp.real(q_hat) ** 2 + jnp.imag(q_hat) ** 2
     volume = jnp.abs(jnp.linalg.det(cell))
-    e = jnp.sum(g * jnp.asarray(c, dtype) * power)
+    e = _tree_sum(g * jnp.asarray(c, dtype) * power)
     if config.self_correction:
-        e = e - jnp.sum(charges * charges) * jnp.sum(g * jnp.asarray(bias, dtype))
+        e = e - jnp.sum(charges * charges) * _tree_sum(g * jnp.asarray(bias, dtype))
     return (2.0 * jnp.pi / volume) * e
 
 
