@@ -134,7 +134,7 @@ def test_overflow_is_an_error_not_a_truncation():
         (dict(method="direct", charges=np.array([1.0, 0.0])), "direct"),
         (dict(method="pppm"), "method"),
         (dict(accuracy=2.0), "accuracy"),
-        (dict(pbc=(True, True, False)), "pbc"),
+        (dict(pbc=(True, False, True)), "pbc"),
         (dict(cell=None, method="ewald"), "ewald"),
     ],
 )

@@ -29,7 +29,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxlr.kernels.coulomb import _sigma_per_atom, pair_potential_sum
+from jaxlr.kernels.coulomb import _sigma_per_atom, blocked_sum, pair_potential_sum
 from jaxlr.neighbors import Pairs, pair_vectors
 from jaxlr.units import COULOMB
 
@@ -149,7 +149,7 @@ def real_space_energy(positions, charges, cell, pairs: Pairs, *, alpha, r_cut, s
     """Real-space Ewald energy (Gaussian units): sum over pairs of q_i q_j v(r_ij)
     (half list; 1/2 of it for a full list)."""
     v = _real_space_values(positions, charges, cell, pairs, alpha, r_cut, sigma)
-    e = jnp.sum(charges[pairs.i] * charges[pairs.j] * v)
+    e = blocked_sum(charges[pairs.i] * charges[pairs.j] * v)
     return e if pairs.half else 0.5 * e
 
 
@@ -404,7 +404,7 @@ def ewald_energy(
         positions, charges, cell, pairs, alpha=config.alpha, r_cut=config.r_cut, sigma=sigma
     )
     phi_self = _self_and_background(charges, cell, config.alpha, sigma)
-    e = e + 0.5 * jnp.sum(charges * phi_self)
+    e = e + 0.5 * blocked_sum(charges * phi_self)
     e = e + reciprocal_energy(
         positions, charges, cell, alpha=config.alpha, k_max=config.k_max, config=config
     )
