@@ -4,12 +4,15 @@ Charges are spread on a (K1, K2, K3) mesh over fractional coordinates with cardi
 B-splines of order p (Essmann et al., J. Chem. Phys. 103, 8577 (1995)); the
 reciprocal energy is
 
-    E_rec = (2 pi / V) sum_{m != 0} exp(-k^2 / 4 alpha^2) / k^2 B(m) |FFT(Q)(m)|^2,
+    E_rec = (2 pi / V) sum_{m != 0} exp(-k^2 / 4 alpha^2) / k^2
+            [c(m) |FFT(Q)(m)|^2 - Q2 (c(m) a(m) - 1)],
 
-``k = m @ (2 pi inv(cell).T)``, with the B-spline modulus correction
-``B(m) = prod_a |b_a(m_a)|^2``. A real FFT holds half of the m set. The potential
-is ``dE/dq`` (E is quadratic in q), forces and stress come from autodiff through the
-spreading (a scatter whose transpose is a gather).
+``k = m @ (2 pi inv(cell).T)``. The influence factor ``c`` is SPME's B-spline
+modulus correction or the optimal (P3M) one for energies; the second term removes
+the mean interaction of each charge with its own mesh image (see
+:func:`_mesh_tables` and docs/pme.md). A real FFT holds half of the m set. The
+potential is ``dE/dq`` (E is quadratic in q); forces and stress come from autodiff
+through the spreading (a scatter whose transpose is a gather) and the FFT.
 
 The real-space, self and background terms are Ewald's (:mod:`jaxlr.kernels.ewald`).
 """
@@ -204,16 +207,21 @@ def _mesh_tables(mesh, order, influence="spme"):
 
 
 def _mesh_weights(cell, alpha, mesh, dtype):
-    """exp(-k^2 / 4 alpha^2) / k^2 on the rfft half mesh, 0 at k = 0."""
-    (m1, m2, m3), _, _ = _mesh_tables(mesh, 4)
+    """exp(-k^2 / 4 alpha^2) / k^2 on the rfft half mesh, 0 at k = 0; k^2 from the
+    reciprocal metric, so no (K1, K2, K3, 3) array of k vectors is formed."""
+    half = mesh[2] // 2 + 1
+    m1 = jnp.asarray(np.fft.fftfreq(mesh[0], 1.0 / mesh[0]), dtype)[:, None, None]
+    m2 = jnp.asarray(np.fft.fftfreq(mesh[1], 1.0 / mesh[1]), dtype)[None, :, None]
+    m3 = jnp.asarray(np.arange(half), dtype)[None, None, :]
     recip = 2.0 * jnp.pi * jnp.linalg.inv(cell).T
-    k = (
-        jnp.asarray(m1, dtype)[:, None, None, None] * recip[0][None, None, None, :]
-        + jnp.asarray(m2, dtype)[None, :, None, None] * recip[1][None, None, None, :]
-        + jnp.asarray(m3, dtype)[None, None, :, None] * recip[2][None, None, None, :]
+    g = recip @ recip.T
+    k2 = (
+        g[0, 0] * m1 * m1
+        + g[1, 1] * m2 * m2
+        + g[2, 2] * m3 * m3
+        + 2.0 * (g[0, 1] * m1 * m2 + g[0, 2] * m1 * m3 + g[1, 2] * m2 * m3)
     )
-    k2 = jnp.sum(k * k, axis=-1)
-    zero = np.zeros((len(m1), len(m2), len(m3)), bool)
+    zero = np.zeros((mesh[0], mesh[1], half), bool)
     zero[0, 0, 0] = True
     k2 = jnp.where(zero, 1.0, k2)
     return jnp.where(zero, 0.0, jnp.exp(-k2 / (4.0 * alpha**2)) / k2)
