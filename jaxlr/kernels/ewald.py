@@ -360,6 +360,21 @@ def _self_and_background(charges, cell, alpha, sigma):
     return phi
 
 
+def _self_and_background_energy(charges, cell, alpha, sigma):
+    """1/2 sum_i q_i phi_self_i (Gaussian units), with the sums over atoms taken
+    before the constants multiply them: in float32 the per-atom products carry the
+    same rounding, which a sum over 10^5 atoms would add up coherently."""
+    volume = jnp.abs(jnp.linalg.det(cell))
+    total = jnp.sum(charges)
+    q2 = blocked_sum(charges * charges)
+    e = -alpha / _SQRT_PI * q2 - jnp.pi * total * total / (2.0 * volume * alpha**2)
+    sig = _sigma_per_atom(sigma, charges)
+    if sig is not None:
+        e = e + blocked_sum(charges * charges / sig) / (2.0 * _SQRT_PI)
+        e = e + (2.0 * jnp.pi / volume) * total * blocked_sum(charges * sig**2)
+    return e
+
+
 def ewald_potential(
     positions, charges, cell, pairs: Pairs, *, config: EwaldConfig, sigma=None, prefactor=COULOMB
 ):
@@ -403,8 +418,7 @@ def ewald_energy(
     e = real_space_energy(
         positions, charges, cell, pairs, alpha=config.alpha, r_cut=config.r_cut, sigma=sigma
     )
-    phi_self = _self_and_background(charges, cell, config.alpha, sigma)
-    e = e + 0.5 * blocked_sum(charges * phi_self)
+    e = e + _self_and_background_energy(charges, cell, config.alpha, sigma)
     e = e + reciprocal_energy(
         positions, charges, cell, alpha=config.alpha, k_max=config.k_max, config=config
     )

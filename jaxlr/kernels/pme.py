@@ -28,7 +28,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxlr.kernels.coulomb import blocked_sum
-from jaxlr.kernels.ewald import _self_and_background, real_space_energy
+from jaxlr.kernels.ewald import _self_and_background_energy, real_space_energy
 from jaxlr.neighbors import Pairs
 from jaxlr.units import COULOMB
 
@@ -254,7 +254,7 @@ def pme_reciprocal_energy(positions, charges, cell, *, config: PMEConfig):
     volume = jnp.abs(jnp.linalg.det(cell))
     e = _mesh_dot(g * jnp.asarray(c, dtype), power)
     if config.self_correction:
-        e = e - jnp.dot(charges, charges) * _mesh_dot(g, jnp.asarray(bias, dtype))
+        e = e - blocked_sum(charges * charges) * _mesh_dot(g, jnp.asarray(bias, dtype))
     return (2.0 * jnp.pi / volume) * e
 
 
@@ -270,7 +270,7 @@ def pme_energy(
     e = real_space_energy(
         positions, charges, cell, pairs, alpha=config.alpha, r_cut=config.r_cut, sigma=sigma
     )
-    e = e + 0.5 * blocked_sum(charges * _self_and_background(charges, cell, config.alpha, sigma))
+    e = e + _self_and_background_energy(charges, cell, config.alpha, sigma)
     e = e + pme_reciprocal_energy(positions, charges, cell, config=config)
     return prefactor * e
 
