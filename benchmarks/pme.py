@@ -19,9 +19,14 @@ at accuracy 1e-9 above. jaxlr: the accuracy it is asked for walks down a ladder 
 3e-6, 1e-6, ...) until the measured errors pass (plus one tighter step); the fastest
 passing one is kept. Peers: a small grid of real-space cutoffs; for each, alpha from the
 Kolafa-Perram real-space estimate and, per interpolation order, the mesh predicted by an
-error model err ~ A_p (alpha h)^p whose constant A_p is refitted to every measurement
-(sizes restricted to what each peer can build); the mesh is grown on failure and shrunk
-once when it passed with room. The fastest passing setting is re-timed in a fresh worker.
+error model err ~ A_p (alpha h)^p whose constant A_p is refitted to the measurements
+(sizes restricted to what each peer can build); on failure a higher order on the same mesh,
+then a finer mesh; shrunk once when it passed with room; meshes above what fits the memory
+limit are not run. The fastest passing setting is re-timed in a fresh worker.
+
+torch runs with --torch-threads intra-op threads (default: all cores). On a machine shared
+with other jobs, torch's OpenMP threads can slow down by 10-60x (spin-waiting); use
+--torch-threads 1 there (or OMP_WAIT_POLICY=PASSIVE) and say so with the numbers.
 
 Method keys for --methods: jaxlr, jax-md, jax-pme-pme, jax-pme-p3m, torch-pme-pme,
 torch-pme-p3m (jax-pme / torch-pme select both of a package's methods).
@@ -1016,7 +1021,7 @@ def main(argv=None):
             versions.append(text)
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     print(f"{machine}; load average {load:.2f} at start; " + "; ".join(versions))
-    if any(METHOD_CLASSES[m].backend == "torch" for m in methods):
+    if any(METHOD_CLASSES[m].backend == "torch" and available[m][0] for m in methods):
         nt = args.torch_threads or len(os.sched_getaffinity(0))
         print(f"torch threads: {nt}")
     print(
@@ -1219,9 +1224,10 @@ def print_notes(args):
         "         the influence function; meshes are powers of two (mesh_spacing chosen to hit M^3);",
         "         prefactor eV_A; smearing = 1/(sqrt(2) alpha).",
         "Peer search: cutoffs from {rcs} A (4 for N <= 8000, else 3, around the previous N's winner);",
-        "         alpha from the Kolafa-Perram real-space error (half the energy budget); per order the",
-        "         mesh from err ~ A_p (alpha h)^p refitted to each measurement; grown on failure, shrunk once",
-        "         when passing with room; fastest passing (one warm run) re-timed in a fresh worker.",
+        "         alpha from the Kolafa-Perram real-space error (half the energy budget); mesh and order",
+        "         from err ~ A_p (alpha h)^p (A_p refitted to the measurements): smallest predicted mesh first;",
+        "         on failure a higher order on the same mesh, then a finer mesh; shrunk once when passing with",
+        "         room; <= 5 settings per cutoff; fastest passing (one warm run) re-timed in a fresh worker.",
     ]
     print("Notes:")
     for line in notes:
