@@ -35,6 +35,11 @@ __all__ = [
 
 METHODS = ("auto", "direct", "ewald", "pme")
 
+#: periodic structures with at least this many atoms are evaluated in a spatial
+#: order (sorted inside jit): once the data outgrow the caches, locality beats the
+#: cost of the sort (measured: PME energy + forces 20-30% faster at 128k atoms).
+SORT_MIN_ATOMS = 16384
+
 #: method="auto" on periodic cells: Ewald below this many atoms, above it whichever
 #: of Ewald and PME the cost model finds cheaper. Measured (benchmarks/crossover.py,
 #: 2 CPU cores, accuracy 1e-6): PME evaluates faster from 64 atoms up (0.4-0.7 x
@@ -104,6 +109,8 @@ class PreparedEnergy:
         :class:`~jaxlr.kernels.PMEConfig` (None for direct).
       estimated_error: estimated absolute energy error in eV (0 for direct).
       neighbors: the jit neighbour list (None for direct).
+      slab_length: for a slab, the periodic length along the normal (Å) in which
+        it is summed; None otherwise.
     """
 
     def __init__(
@@ -146,6 +153,21 @@ class PreparedEnergy:
         if cell is None:
             raise ValueError("this energy function was prepared for a periodic cell: pass cell")
         cell = jnp.asarray(cell).astype(dtype)
+        if positions.shape[0] >= SORT_MIN_ATOMS:
+            # visit atoms in space-filling order: the pair build, the pair gathers and
+            # the mesh scatter then walk memory instead of jumping through it (the
+            # energy does not depend on the order; the potential is put back)
+            perm = _spatial_order(positions, cell, self.neighbors.config.n_bins)
+            sig = sigma if sigma is None or sigma.ndim == 0 else sigma[perm]
+            out, overflow = self._evaluate_ordered(
+                positions[perm], charges[perm], cell, sig, potential
+            )
+            if potential:
+                out = jnp.zeros_like(out).at[perm].set(out, unique_indices=True)
+            return out, overflow
+        return self._evaluate_ordered(positions, charges, cell, sigma, potential)
+
+    def _evaluate_ordered(self, positions, charges, cell, sigma, potential):
         pairs, overflow = self.neighbors.build(positions, cell)
         if self.slab_length is not None:
             return self._evaluate_slab(positions, charges, cell, pairs, sigma, potential), overflow
@@ -188,6 +210,16 @@ class PreparedEnergy:
         return _checked(e, overflow)
 
 
+def _spatial_order(positions, cell, n_bins):
+    """Permutation visiting atoms bin by bin (row-major over wrapped fractional
+    coordinates on the neighbour grid); computed inside jit, no gradient."""
+    s = jax.lax.stop_gradient(positions @ jnp.linalg.inv(cell))
+    nb = np.asarray(n_bins, np.int32)
+    b = jnp.floor((s % 1.0) * jnp.asarray(nb, s.dtype)[None, :]).astype(jnp.int32)
+    b = jnp.clip(b, 0, nb[None, :] - 1)
+    return jnp.argsort((b[:, 0] * nb[1] + b[:, 1]) * nb[2] + b[:, 2])
+
+
 def _raise_on_overflow(flag):
     if np.any(flag):
         raise RuntimeError(
@@ -228,6 +260,10 @@ def prepare_energy(
       charges: (N,) example charges in e (they set the error scale).
       cell: (3, 3) lattice vectors as rows in Å, or None for a molecule.
       pbc: periodic axes (3 bools); default all True with a cell.
+        ``(True, True, False)`` is a slab: the first two cell rows are periodic,
+        the normal to them is open (see docs/pme.md); the slab's extent along the
+        normal is taken from this example, so an atom that later moves far out
+        of it shrinks the vacuum gap and loosens the accuracy.
       method: "auto", "direct", "ewald" or "pme". "auto" takes direct for
         molecules; for periodic cells Ewald below ``AUTO_PME_MIN_ATOMS`` atoms,
         above it whichever of Ewald and PME the cost model finds cheaper.
@@ -243,7 +279,8 @@ def prepare_energy(
 
     Raises:
       ValueError: bad shapes, non-finite values, singular cell, bad sigma or
-        accuracy, a periodic cell with ``method="direct"``, or slab periodicity.
+        accuracy, a periodic cell with ``method="direct"``, or a mixed
+        periodicity other than the slab ``(True, True, False)``.
 
     Examples:
       >>> import jax, jax.numpy as jnp, jaxlr

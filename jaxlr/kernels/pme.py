@@ -121,22 +121,41 @@ def _modulus(order, k_mesh):
 
 
 def spread_charges(s, charges, mesh, order):
-    """Q[k] = sum_i q_i prod_a M_p(u_ia - k_a) on the periodic mesh; s fractional (N, 3)."""
+    """Q[k] = sum_i q_i prod_a M_p(u_ia - k_a) on the periodic mesh; s fractional (N, 3).
+
+    Each atom adds one (p, p, p) block at its window's corner into a mesh padded by
+    p - 1 on every axis (one windowed scatter per atom, contiguous inner rows); the
+    padding is then folded back onto the periodic mesh. The transpose (forces) is
+    the matching windowed gather."""
+    p = order
     mesh_np = np.asarray(mesh, np.int32)
     u = s * jnp.asarray(mesh_np, s.dtype)[None, :]
     base = jnp.floor(u)
     frac = u - base
-    w = bspline_weights(frac, order)  # (N, 3, p): weight of grid point base - j
-    j = np.arange(order, dtype=np.int32)
-    idx = (base.astype(jnp.int32)[:, :, None] - j[None, None, :]) % mesh_np[None, :, None]
-    w3 = w[:, 0, :, None, None] * w[:, 1, None, :, None] * w[:, 2, None, None, :]
-    vals = charges[:, None, None, None] * w3
-    i0 = idx[:, 0, :, None, None]
-    i1 = idx[:, 1, None, :, None]
-    i2 = idx[:, 2, None, None, :]
-    flat = (i0 * mesh[1] + i1) * mesh[2] + i2
-    q = jnp.zeros(int(np.prod(mesh_np)), s.dtype).at[flat.reshape(-1)].add(vals.reshape(-1))
-    return q.reshape(mesh)
+    # weights of the points start + t, t = 0..p-1, start = base - (p - 1)
+    w = bspline_weights(frac, p)[:, :, ::-1]
+    start = (base.astype(jnp.int32) - (p - 1)) % mesh_np[None, :]
+    block = (
+        charges[:, None, None, None]
+        * w[:, 0, :, None, None]
+        * w[:, 1, None, :, None]
+        * w[:, 2, None, None, :]
+    )
+    padded = jnp.zeros(tuple(int(k) + p - 1 for k in mesh), s.dtype)
+    dnums = jax.lax.ScatterDimensionNumbers(
+        update_window_dims=(1, 2, 3),
+        inserted_window_dims=(),
+        scatter_dims_to_operand_dims=(0, 1, 2),
+    )
+    grid = jax.lax.scatter_add(
+        padded, start, block.astype(s.dtype), dnums, indices_are_sorted=False, unique_indices=False
+    )
+    if p > 1:  # fold the padding back, axis by axis
+        k0, k1, k2 = mesh
+        grid = grid[:k0].at[: p - 1].add(grid[k0:])
+        grid = grid[:, :k1].at[:, : p - 1].add(grid[:, k1:])
+        grid = grid[:, :, :k2].at[:, :, : p - 1].add(grid[:, :, k2:])
+    return grid
 
 
 def _axis_factors(k_mesh, order):
