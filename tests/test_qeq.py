@@ -1,0 +1,94 @@
+"""QEq dense path (work in progress on the QEq issue)."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from scipy.special import erf
+
+import jaxlr
+import jaxlr.qeq as qeq
+from jaxlr.kernels.qeq import coulomb_matrix, qeq_energy
+
+
+def molecule(n=12, seed=0):
+    rng = np.random.default_rng(seed)
+    return (
+        rng.uniform(0, 6, (n, 3)),
+        rng.normal(size=n),
+        rng.uniform(8, 12, n),
+        rng.uniform(0.6, 1.0, n),
+    )
+
+
+def numpy_qeq(pos, chi, hard, sig, constraints, totals):
+    d = np.linalg.norm(pos[:, None] - pos[None], axis=-1)
+    s2 = sig[:, None] ** 2 + sig[None] ** 2
+    with np.errstate(divide="ignore", invalid="ignore"):
+        a = erf(d / np.sqrt(2 * s2)) / d
+    np.fill_diagonal(a, 1 / (np.sqrt(np.pi) * sig))
+    h = np.diag(hard) + jaxlr.units.COULOMB * a
+    f = len(totals)
+    kkt = np.block([[h, constraints.T], [constraints, np.zeros((f, f))]])
+    return np.linalg.solve(kkt, np.concatenate([-chi, totals]))[: len(chi)]
+
+
+def test_molecule_matches_numpy_and_fragments():
+    pos, chi, hard, sig = molecule()
+    q = qeq.solve(pos, chi, hard, sig, total_charge=0.5)
+    ref = numpy_qeq(pos, chi, hard, sig, np.ones((1, 12)), np.array([0.5]))
+    np.testing.assert_allclose(np.asarray(q), ref, atol=1e-12)
+    frag = np.repeat([0, 1, 2], 4)
+    q = qeq.solve(pos, chi, hard, sig, fragments=frag, fragment_charges=[1.0, -1.0, 0.0])
+    b = np.zeros((3, 12))
+    b[frag, np.arange(12)] = 1
+    ref = numpy_qeq(pos, chi, hard, sig, b, np.array([1.0, -1.0, 0.0]))
+    np.testing.assert_allclose(np.asarray(q), ref, atol=1e-12)
+    np.testing.assert_allclose(b @ np.asarray(q), [1.0, -1.0, 0.0], atol=1e-12)
+
+
+def test_gradients_and_hellmann_feynman():
+    pos, chi, hard, sig = molecule(10, seed=1)
+
+    def charge3(p, c, j, s):
+        return qeq.solve(p, c, j, s, total_charge=0.2)[3]
+
+    grads = jax.grad(charge3, argnums=(0, 1, 2, 3))(
+        jnp.asarray(pos), jnp.asarray(chi), jnp.asarray(hard), jnp.asarray(sig)
+    )
+    h = 1e-5
+    args = [pos, chi, hard, sig]
+    for k, index in ((0, (2, 1)), (1, (4,)), (2, (3,)), (3, (7,))):
+        plus = [a.copy() for a in args]
+        minus = [a.copy() for a in args]
+        plus[k][index] += h
+        minus[k][index] -= h
+        fd = (float(charge3(*plus)) - float(charge3(*minus))) / (2 * h)
+        assert float(grads[k][index]) == pytest.approx(fd, rel=1e-6, abs=1e-10)
+    # at the solution, dE/dR equals the partial derivative at fixed charges
+    g_total = jax.grad(lambda p: qeq.energy(p, chi, hard, sig, total_charge=0.2))(jnp.asarray(pos))
+    q = qeq.solve(pos, chi, hard, sig, total_charge=0.2)
+    g_fixed = jax.grad(
+        lambda p: qeq_energy(q, jnp.asarray(chi), jnp.asarray(hard), coulomb_matrix(p, sig))
+    )(jnp.asarray(pos))
+    np.testing.assert_allclose(np.asarray(g_total), np.asarray(g_fixed), atol=1e-10)
+
+
+def test_periodic_solution_equalises_the_electronegativity():
+    """chi_i + J_i q_i + phi_i(q) is the same for every atom, with phi from the
+    (separately tested) Ewald potential of the Gaussian charges."""
+    pos, chi, hard, sig = molecule(16, seed=2)
+    cell = np.array([[7.0, 0.0, 0.0], [1.0, 7.5, 0.0], [0.5, -0.4, 6.5]])
+    q = np.asarray(qeq.solve(pos, chi, hard, sig, cell, total_charge=0.3))
+    assert q.sum() == pytest.approx(0.3, abs=1e-12)
+    phi = jaxlr.electrostatic_potential(pos, q, cell, sigma=sig, method="ewald", accuracy=1e-10)
+    mu = chi + hard * q + np.asarray(phi)
+    assert np.ptp(mu) < 1e-6 * np.abs(mu).max()
+
+
+def test_not_positive_definite_raises():
+    pos, chi, hard, sig = molecule(6)
+    with pytest.raises(ValueError, match="positive definite"):
+        qeq.solve(pos, chi, -30.0 * np.ones(6), sig)
+    with pytest.raises(ValueError, match="fragment_charges"):
+        qeq.solve(pos, chi, hard, sig, fragments=np.repeat([0, 1], 3))
