@@ -1,21 +1,43 @@
 """Charge equilibration: ``solve`` and ``energy`` (see :mod:`jaxlr.kernels.qeq`).
 
-Work in progress on the QEq issue: the dense path (molecules and periodic cells),
-fragments and implicit differentiation are here; the matrix-free path and
-constant-potential electrodes are not yet.
+Work in progress on the QEq issue: the dense and matrix-free paths (molecules and
+periodic cells), fragments and implicit differentiation are here; constant-potential
+electrodes, the benchmark and the documentation are not yet.
 """
 
 from __future__ import annotations
+
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from jaxlr.kernels.ewald import ewald_potential
-from jaxlr.kernels.qeq import coulomb_matrix, fragment_matrix, qeq_energy, solve_dense
+from jaxlr.kernels.pme import PMEConfig, pme_potential
+from jaxlr.kernels.qeq import (
+    coulomb_matrix,
+    fragment_matrix,
+    qeq_energy,
+    solve_dense,
+    solve_matrix_free,
+)
 from jaxlr.units import COULOMB
 
-__all__ = ["solve", "energy", "coulomb_matrix", "prepare"]
+__all__ = ["solve", "energy", "coulomb_matrix", "prepare", "QEqResult", "QEqSolver"]
+
+#: method="auto": the dense path up to this many atoms, the matrix-free one above.
+DENSE_MAX_ATOMS = 2000
+
+
+class QEqResult(NamedTuple):
+    """Charges (e), multipliers mu (eV/e, one per fragment), and solver status."""
+
+    charges: jax.Array
+    mu: jax.Array
+    ok: jax.Array
+    iterations: jax.Array
+    residual: jax.Array
 
 
 class QEqSolver:
@@ -33,25 +55,71 @@ class QEqSolver:
         """(N, N) Coulomb matrix A (Gaussian units, 1/Å)."""
         if not self.periodic:
             return coulomb_matrix(positions, sigma)
-        pairs, _ = self.neighbors.build(positions, cell)
         n = self.n_atoms
-        sig = jnp.broadcast_to(jnp.asarray(sigma, positions.dtype), (n,))
-
-        def column(e):
-            return ewald_potential(
-                positions, e, cell, pairs, config=self.config, sigma=sig, prefactor=1.0
-            )
+        column, _ = self._potential_fn(positions, sigma, cell)
 
         pad = -n % self.block
         basis = jnp.eye(n + pad, n, dtype=positions.dtype).reshape(-1, self.block, n)
         cols = jax.lax.map(jax.vmap(column), basis).reshape(-1, n)[:n]
         return 0.5 * (cols + cols.T)
 
-    def solve(self, positions, electronegativity, hardness, sigma, cell=None, totals=None):
-        """``(charges, mu, ok)``; see :func:`jaxlr.kernels.qeq.solve_dense`."""
-        a = self.matrix(positions, sigma, cell)
-        h = COULOMB * a + jnp.diag(jnp.broadcast_to(hardness, (self.n_atoms,)))
-        return solve_dense(h, electronegativity, self.constraints, totals)
+    def _potential_fn(self, positions, sigma, cell):
+        """v -> phi(v) (Gaussian units): dense A @ v, or the Ewald / PME potential."""
+        if not self.periodic:
+            a = coulomb_matrix(positions, sigma)
+            return lambda v: a @ v, jnp.diag(a)
+        pairs, _ = self.neighbors.build(positions, cell)
+        sig = jnp.broadcast_to(jnp.asarray(sigma, positions.dtype), (self.n_atoms,))
+        kernel = pme_potential if isinstance(self.config, PMEConfig) else ewald_potential
+
+        def phi(v):
+            return kernel(positions, v, cell, pairs, config=self.config, sigma=sig, prefactor=1.0)
+
+        return phi, 1.0 / (1.7724538509055159 * sig)
+
+    def solve(
+        self,
+        positions,
+        electronegativity,
+        hardness,
+        sigma,
+        cell=None,
+        totals=None,
+        *,
+        method="dense",
+        tol=1e-8,
+        max_iter=500,
+        guess=None,
+    ) -> QEqResult:
+        """Pure solve (jit, grad, vmap). ``method`` "dense" (factorised matrix) or
+        "matrix_free" (preconditioned CG on the potential mat-vec; ``tol`` is the
+        relative residual, ``guess`` warm-starts it)."""
+        hard = jnp.broadcast_to(hardness, (self.n_atoms,))
+        zero = jnp.asarray(0)
+        if method == "dense":
+            a = self.matrix(positions, sigma, cell)
+            h = COULOMB * a + jnp.diag(hard)
+            q, mu, ok = solve_dense(h, electronegativity, self.constraints, totals)
+            return QEqResult(q, mu, ok, zero, jnp.asarray(0.0, q.dtype))
+        if method != "matrix_free":
+            raise ValueError(f"method must be 'dense' or 'matrix_free', got {method!r}")
+        phi, diag = self._potential_fn(positions, sigma, cell)
+
+        def matvec(v):
+            return hard * v + COULOMB * phi(v)
+
+        q, lam, its, res = solve_matrix_free(
+            matvec,
+            hard + COULOMB * diag,
+            electronegativity,
+            self.constraints,
+            totals,
+            tol=tol,
+            max_iter=max_iter,
+            x0=guess,
+        )
+        ok = (res <= tol) & jnp.all(jnp.isfinite(q))
+        return QEqResult(q, -lam, ok, its, res)
 
 
 def prepare(
@@ -61,8 +129,10 @@ def prepare(
     *,
     fragments=None,
     accuracy=1e-8,
+    kernel="ewald",
 ):
-    """Host preparation of a QEq solver (tuning and pair capacities for a cell)."""
+    """Host preparation of a QEq solver (tuning and pair capacities for a cell);
+    ``kernel`` "ewald" or "pme" for the periodic mat-vec of the matrix-free path."""
     from jaxlr._api import prepare_energy
 
     n = jnp.shape(positions)[0]
@@ -86,7 +156,7 @@ def prepare(
         pos,
         example,
         np.asarray(cell),
-        method="ewald",
+        method=kernel,
         accuracy=accuracy,
         prefactor=1.0,
         sigma=np.asarray(sigma, np.float64),
@@ -108,12 +178,19 @@ def _totals(total_charge, fragment_charges, solver):
     return jnp.asarray([total_charge])
 
 
-def _raise_if_bad(ok):
-    if not bool(np.asarray(ok)):
+def _raise_if_bad(result, method):
+    if bool(np.asarray(result.ok)):
+        return
+    if method == "dense":
         raise ValueError(
             "the QEq matrix diag(hardness) + COULOMB * A is not positive definite "
             "(hardness too small or negative, or atoms too close for their widths)"
         )
+    raise ValueError(
+        f"the matrix-free QEq solve did not converge: relative residual "
+        f"{float(result.residual):.3g} after {int(result.iterations)} iterations "
+        "(raise max_iter or tol; a matrix that is not positive definite also fails here)"
+    )
 
 
 def solve(
@@ -128,6 +205,8 @@ def solve(
     fragment_charges=None,
     method="auto",
     accuracy=1e-8,
+    tol=1e-8,
+    max_iter=500,
 ):
     """Equilibrated charges (e) minimising the QEq energy under the charge constraints.
 
@@ -136,32 +215,42 @@ def solve(
       sigma: Gaussian widths (scalar or (N,)) Å. cell: (3, 3) rows, or None.
       total_charge: the constrained sum of charges (without fragments).
       fragments, fragment_charges: a fragment index per atom and one total each.
-      method: "auto" or "dense" (the matrix-free path is not implemented yet).
-      accuracy: Ewald accuracy of the periodic Coulomb matrix.
+      method: "auto" (dense up to ``DENSE_MAX_ATOMS`` atoms), "dense" or
+        "matrix_free" (CG on the Ewald / PME potential).
+      accuracy: Ewald / PME accuracy of the periodic Coulomb operator.
+      tol, max_iter: relative residual and iteration limit of the matrix-free path.
 
     Raises:
-      ValueError: a matrix that is not positive definite (checked when the inputs
-        are concrete), or bad fragment input.
+      ValueError: a matrix that is not positive definite, a matrix-free solve that
+        did not converge (both checked when the inputs are concrete; inside jit use
+        :func:`prepare` and the ``ok`` flag of its result), or bad fragment input.
     """
-    if method not in ("auto", "dense"):
-        raise ValueError(f"method must be 'auto' or 'dense', got {method!r}")
-    solver = prepare(positions, sigma, cell, fragments=fragments, accuracy=accuracy)
-    q, _, ok = solver.solve(
+    if method not in ("auto", "dense", "matrix_free"):
+        raise ValueError(f"method must be 'auto', 'dense' or 'matrix_free', got {method!r}")
+    n = jnp.shape(positions)[0]
+    if method == "auto":
+        method = "dense" if n <= DENSE_MAX_ATOMS else "matrix_free"
+    kernel = "pme" if (method == "matrix_free" and n >= 1000) else "ewald"
+    solver = prepare(positions, sigma, cell, fragments=fragments, accuracy=accuracy, kernel=kernel)
+    result = solver.solve(
         jnp.asarray(positions),
         jnp.asarray(electronegativity),
         jnp.asarray(hardness),
         sigma,
         None if cell is None else jnp.asarray(cell),
         _totals(total_charge, fragment_charges, solver),
+        method=method,
+        tol=tol,
+        max_iter=max_iter,
     )
-    if not isinstance(ok, jax.core.Tracer):
-        _raise_if_bad(ok)
-    return q
+    if not isinstance(result.ok, jax.core.Tracer):
+        _raise_if_bad(result, method)
+    return result.charges
 
 
 def energy(positions, electronegativity, hardness, sigma, cell=None, **kwargs):
     """QEq energy (eV) at the equilibrated charges; arguments as :func:`solve`."""
     q = solve(positions, electronegativity, hardness, sigma, cell, **kwargs)
-    solver = prepare(positions, sigma, cell, fragments=kwargs.get("fragments"))
+    solver = prepare(positions, sigma, cell, fragments=kwargs.get("fragments"))  # same A
     a = solver.matrix(jnp.asarray(positions), sigma, None if cell is None else jnp.asarray(cell))
     return qeq_energy(q, jnp.asarray(electronegativity), jnp.asarray(hardness), a)

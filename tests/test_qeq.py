@@ -92,3 +92,27 @@ def test_not_positive_definite_raises():
         qeq.solve(pos, chi, -30.0 * np.ones(6), sig)
     with pytest.raises(ValueError, match="fragment_charges"):
         qeq.solve(pos, chi, hard, sig, fragments=np.repeat([0, 1], 3))
+
+
+def test_matrix_free_matches_dense_and_reports_convergence():
+    pos, chi, hard, sig = molecule(40, seed=3)
+    cell = 9.0 * np.eye(3)
+    args = (jnp.asarray(pos), jnp.asarray(chi), jnp.asarray(hard), jnp.asarray(sig))
+    for c, kernel in ((None, "ewald"), (cell, "ewald"), (cell, "pme")):
+        solver = qeq.prepare(pos, sig, c, accuracy=1e-9, kernel=kernel)
+        cj = None if c is None else jnp.asarray(c)
+        dense = solver.solve(*args, cj, jnp.asarray([0.4]))
+        free = jax.jit(
+            lambda p, x, j, s: solver.solve(
+                p, x, j, s, cj, jnp.asarray([0.4]), method="matrix_free", tol=1e-10
+            )
+        )(*args)
+        assert bool(dense.ok) and bool(free.ok) and 0 < int(free.iterations) < 100
+        np.testing.assert_allclose(np.asarray(free.charges), np.asarray(dense.charges), atol=1e-6)
+        # a warm start from the solution needs (almost) no iterations
+        warm = solver.solve(
+            *args, cj, jnp.asarray([0.4]), method="matrix_free", tol=1e-10, guess=free.charges
+        )
+        assert int(warm.iterations) < int(free.iterations) / 2
+    with pytest.raises(ValueError, match="did not converge"):
+        qeq.solve(pos, chi, hard, sig, cell, method="matrix_free", max_iter=2)

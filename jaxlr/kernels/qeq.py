@@ -112,3 +112,105 @@ def qeq_energy(charges, electronegativity, hardness, coulomb, prefactor=COULOMB)
     return jnp.sum(electronegativity * q + 0.5 * hardness * q * q) + 0.5 * prefactor * (
         q @ (coulomb @ q)
     )
+
+
+def conjugate_gradient(matvec, rhs, precond, *, tol=1e-8, max_iter=500, x0=None):
+    """Preconditioned conjugate gradient for a symmetric positive-definite operator.
+
+    Stops when ``|r| <= tol |rhs|``. Returns ``(x, iterations, relative_residual)``;
+    runs under jit (a ``lax.while_loop``). Do not differentiate through it: wrap it
+    in ``jax.lax.custom_linear_solve`` (see :func:`solve_matrix_free`)."""
+    x = jnp.zeros_like(rhs) if x0 is None else x0
+    r = rhs - matvec(x)
+    z = precond(r)
+    p = z
+    rz = jnp.vdot(r, z)
+    norm_b = jnp.maximum(jnp.linalg.norm(rhs), jnp.finfo(rhs.dtype).tiny)
+
+    def cond(state):
+        _, r, _, _, k = state
+        return (jnp.linalg.norm(r) > tol * norm_b) & (k < max_iter)
+
+    def body(state):
+        x, r, p, rz, k = state
+        ap = matvec(p)
+        step = rz / jnp.vdot(p, ap)
+        x = x + step * p
+        r = r - step * ap
+        z = precond(r)
+        rz_new = jnp.vdot(r, z)
+        p = z + (rz_new / rz) * p
+        return x, r, p, rz_new, k + 1
+
+    x, r, _, _, k = jax.lax.while_loop(cond, body, (x, r, p, rz, jnp.asarray(0)))
+    return x, k, jnp.linalg.norm(r) / norm_b
+
+
+def solve_matrix_free(
+    hessian_matvec, diagonal, electronegativity, constraints, totals, *, tol, max_iter, x0=None
+):
+    """Constrained minimum of ``chi.q + 1/2 q^T H q`` (``B q = Q``), H a mat-vec.
+
+    Projected preconditioned conjugate gradient on the constraint surface (Gould,
+    Hribar & Nocedal 2001) with a Jacobi preconditioner: one CG run, which a guess of
+    the charges (``x0``, e.g. the previous MD step's) warm-starts directly. The KKT
+    solve goes through ``jax.lax.custom_linear_solve``, so derivatives are more such
+    solves (implicit differentiation), never derivatives of the iterations.
+
+    Returns ``(q, lambda, iterations, relative_residual)``.
+    """
+    dtype = diagonal.dtype
+    n = diagonal.shape[0]
+    b = jnp.asarray(constraints, dtype)
+    f = b.shape[0]
+    m_inv = 1.0 / jax.lax.stop_gradient(diagonal)
+    b_c = jax.lax.stop_gradient(b)
+    bmb = b_c @ (m_inv[:, None] * b_c.T)  # (F, F)
+
+    def project(r):
+        """Remove from r its B^T component in the M^-1 metric, r - B^T (B M^-1 B^T)^-1
+        B M^-1 r: then M^-1 r lies on the constraint surface (B M^-1 r = 0). Doing
+        it to the residual itself (not only to the search direction) keeps the
+        iteration stable (Gould, Hribar & Nocedal's residual update)."""
+        return r - b_c.T @ jnp.linalg.solve(bmb, b_c @ (m_inv * r))
+
+    def kkt_matvec(x):
+        q, lam = x[:n], x[n:]
+        return jnp.concatenate([hessian_matvec(q) + b.T @ lam, b @ q])
+
+    def kkt_solve(matvec, rhs):
+        h_mv = lambda v: matvec(jnp.concatenate([v, jnp.zeros(f, dtype)]))[:n]  # noqa: E731
+        r_q, r_c = rhs[:n], rhs[n:]
+        # a start on the constraint surface: the guess, corrected along M^-1 B^T
+        start = jnp.zeros(n, dtype) if x0 is None else jax.lax.stop_gradient(x0).astype(dtype)
+        start = start + m_inv * (b_c.T @ jnp.linalg.solve(bmb, r_c - b_c @ start))
+        r = project(r_q - h_mv(start))
+        g = m_inv * r
+        norm_b = jnp.maximum(jnp.linalg.norm(m_inv * project(r_q)), jnp.finfo(dtype).tiny)
+
+        def cond(state):
+            _, _, g, _, _, k = state
+            return (jnp.linalg.norm(g) > tol * norm_b) & (k < max_iter)
+
+        def body(state):
+            q, r, g, p, rg, k = state
+            hp = h_mv(p)
+            step = rg / jnp.vdot(p, hp)
+            q = q + step * p
+            r = project(r - step * hp)
+            g = m_inv * r
+            rg_new = jnp.vdot(r, g)
+            return q, r, g, g + (rg_new / rg) * p, rg_new, k + 1
+
+        rg = jnp.vdot(r, g)
+        q, r, g, _, _, k = jax.lax.while_loop(cond, body, (start, r, g, g, rg, jnp.asarray(0)))
+        # multipliers: B^T lambda = r_q - H q (the part the projections removed)
+        full = r_q - h_mv(q)
+        lam = jnp.linalg.solve(bmb, b_c @ (m_inv * full))
+        return jnp.concatenate([q, lam]), (k, jnp.linalg.norm(g) / norm_b)
+
+    rhs = jnp.concatenate([-jnp.asarray(electronegativity, dtype), jnp.asarray(totals, dtype)])
+    x, (its, res) = jax.lax.custom_linear_solve(
+        kkt_matvec, rhs, kkt_solve, symmetric=True, has_aux=True
+    )
+    return x[:n], x[n:], its, res
