@@ -1,6 +1,6 @@
 """jaxlr: long-range electrostatics for atomistic machine learning in JAX."""
 
-from jaxlr import cell, kernels, neighbors, units
+from jaxlr import cell, kernels, neighbors, qeq, units
 from jaxlr._api import (
     PreparedEnergy,
     electrostatic_energy,
@@ -22,5 +22,6 @@ __all__ = [
     "kernels",
     "neighbors",
     "prepare_energy",
+    "qeq",
     "units",
 ]

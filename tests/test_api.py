@@ -12,7 +12,7 @@ from tests.structures import crystal
 def test_public_names():
     for name in jaxlr.__all__:
         assert getattr(jaxlr, name) is not None
-    for mod in (jaxlr.kernels, jaxlr.neighbors, jaxlr.cell, jaxlr.units):
+    for mod in (jaxlr.kernels, jaxlr.neighbors, jaxlr.cell, jaxlr.units, jaxlr.qeq):
         for name in mod.__all__:
             assert getattr(mod, name) is not None
     assert jaxlr.units.COULOMB == 14.399645478425668
