@@ -18,7 +18,6 @@ from jaxlr.kernels.pme import PMEConfig, pme_potential
 from jaxlr.kernels.qeq import (
     coulomb_matrix,
     fragment_matrix,
-    qeq_energy,
     solve_dense,
     solve_matrix_free,
 )
@@ -225,8 +224,57 @@ def solve(
         did not converge (both checked when the inputs are concrete; inside jit use
         :func:`prepare` and the ``ok`` flag of its result), or bad fragment input.
     """
+    _, result = _solve(
+        positions,
+        electronegativity,
+        hardness,
+        sigma,
+        cell,
+        total_charge,
+        fragments,
+        fragment_charges,
+        method,
+        accuracy,
+        tol,
+        max_iter,
+    )
+    return result.charges
+
+
+def _check_inputs(positions, electronegativity, hardness, sigma):
+    n = jnp.shape(positions)[0]
+    if jnp.shape(positions) != (n, 3):
+        raise ValueError(f"positions must have shape (N, 3), got {jnp.shape(positions)}")
+    for name, value, scalar_ok in (
+        ("electronegativity", electronegativity, False),
+        ("hardness", hardness, True),
+        ("sigma", sigma, True),
+    ):
+        shape = jnp.shape(value)
+        if shape != (n,) and not (scalar_ok and shape == ()):
+            allowed = "a scalar or " if scalar_ok else ""
+            raise ValueError(f"{name} must be {allowed}shape ({n},), got {shape}")
+    if not isinstance(sigma, jax.core.Tracer) and not np.all(np.asarray(sigma) > 0):
+        raise ValueError("sigma must be positive (Gaussian widths in Å)")
+
+
+def _solve(
+    positions,
+    electronegativity,
+    hardness,
+    sigma,
+    cell,
+    total_charge,
+    fragments,
+    fragment_charges,
+    method,
+    accuracy,
+    tol,
+    max_iter,
+):
     if method not in ("auto", "dense", "matrix_free"):
         raise ValueError(f"method must be 'auto', 'dense' or 'matrix_free', got {method!r}")
+    _check_inputs(positions, electronegativity, hardness, sigma)
     n = jnp.shape(positions)[0]
     if method == "auto":
         method = "dense" if n <= DENSE_MAX_ATOMS else "matrix_free"
@@ -245,12 +293,44 @@ def solve(
     )
     if not isinstance(result.ok, jax.core.Tracer):
         _raise_if_bad(result, method)
-    return result.charges
+    return solver, result
 
 
-def energy(positions, electronegativity, hardness, sigma, cell=None, **kwargs):
-    """QEq energy (eV) at the equilibrated charges; arguments as :func:`solve`."""
-    q = solve(positions, electronegativity, hardness, sigma, cell, **kwargs)
-    solver = prepare(positions, sigma, cell, fragments=kwargs.get("fragments"))  # same A
-    a = solver.matrix(jnp.asarray(positions), sigma, None if cell is None else jnp.asarray(cell))
-    return qeq_energy(q, jnp.asarray(electronegativity), jnp.asarray(hardness), a)
+def energy(
+    positions,
+    electronegativity,
+    hardness,
+    sigma,
+    cell=None,
+    *,
+    total_charge=0.0,
+    fragments=None,
+    fragment_charges=None,
+    method="auto",
+    accuracy=1e-8,
+    tol=1e-8,
+    max_iter=500,
+):
+    """QEq energy (eV) at the equilibrated charges (arguments as :func:`solve`):
+    ``sum (chi q + 1/2 J q^2) + COULOMB/2 q.phi(q)``, with the same Coulomb operator
+    as the solve (one more mat-vec, no second tuning)."""
+    solver, result = _solve(
+        positions,
+        electronegativity,
+        hardness,
+        sigma,
+        cell,
+        total_charge,
+        fragments,
+        fragment_charges,
+        method,
+        accuracy,
+        tol,
+        max_iter,
+    )
+    q = result.charges
+    phi, _ = solver._potential_fn(
+        jnp.asarray(positions), sigma, None if cell is None else jnp.asarray(cell)
+    )
+    chi, hard = jnp.asarray(electronegativity), jnp.asarray(hardness)
+    return jnp.sum(chi * q + 0.5 * hard * q * q) + 0.5 * COULOMB * jnp.sum(q * phi(q))

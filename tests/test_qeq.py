@@ -116,3 +116,13 @@ def test_matrix_free_matches_dense_and_reports_convergence():
         assert int(warm.iterations) < int(free.iterations) / 2
     with pytest.raises(ValueError, match="did not converge"):
         qeq.solve(pos, chi, hard, sig, cell, method="matrix_free", max_iter=2)
+
+
+def test_bad_input_names_the_argument():
+    pos, chi, hard, sig = molecule(6)
+    with pytest.raises(ValueError, match="electronegativity"):
+        qeq.solve(pos, chi[:5], hard, sig)
+    with pytest.raises(ValueError, match="sigma"):
+        qeq.solve(pos, chi, hard, -sig)
+    with pytest.raises(ValueError, match="method"):
+        qeq.solve(pos, chi, hard, sig, method="cg")

@@ -44,9 +44,19 @@ __all__ = [
 
 @dataclasses.dataclass(frozen=True)
 class PMEConfig:
-    """Static PME parameters: splitting ``alpha`` (1/Å), ``mesh`` (K1, K2, K3),
-    B-spline ``order`` and the real-space cutoff ``r_cut`` (Å; only for the full
-    energy)."""
+    """Static (hashable) PME parameters.
+
+    Attributes:
+      alpha: splitting parameter in 1/Å.
+      mesh: (K1, K2, K3) mesh points per fractional axis.
+      order: B-spline order p (3..12; every mesh size must be >= p).
+      r_cut: real-space cutoff in Å (needed for the full energy only).
+      influence: "spme" (modulus correction) or "p3m" (optimal for energies).
+      self_correction: subtract the mean interaction of each charge with its own
+        mesh image (see :func:`pme_reciprocal_energy`).
+      estimated_error: the tuner's estimate of the absolute energy error (Gaussian
+        units), for information.
+    """
 
     alpha: float
     mesh: tuple[int, int, int]
@@ -179,12 +189,21 @@ def _axis_factors(k_mesh, order):
     return u0, a, b2
 
 
+def _influence_factor(u0, a, b2, influence):
+    """Per-axis influence factor: SPME's ``1 / b2`` (0 where b vanishes) or the
+    optimal (P3M) ``u0^2 / a^2``."""
+    if influence == "spme":
+        return np.where(np.isfinite(b2), 1.0 / np.where(np.isfinite(b2), b2, 1.0), 0.0)
+    if influence == "p3m":
+        return u0**2 / a**2
+    raise ValueError(f"influence must be 'spme' or 'p3m', got {influence!r}")
+
+
 @functools.lru_cache(maxsize=64)
 def _mesh_tables(mesh, order, influence="spme"):
     """Static numpy tables on the rfft half mesh.
 
-    Returns ``(m, c, bias)``: the integer m per axis (FFT order, non-negative on the
-    last), the influence factor ``c`` (G = R(k) c, with R = 4 pi e^{-k^2/4a^2}/k^2)
+    Returns ``(c, bias)``: the influence factor ``c`` (G = R(k) c, with R = 4 pi e^{-k^2/4a^2}/k^2)
     and the mean self-interaction error factor ``c * a - 1``, both with the
     half-space weights (2 for interior m3 planes) folded in.
 
@@ -194,20 +213,10 @@ def _mesh_tables(mesh, order, influence="spme"):
       potential; principal alias of R).
     """
     half = mesh[2] // 2 + 1
-    m = [
-        np.fft.fftfreq(mesh[0], 1.0 / mesh[0]),
-        np.fft.fftfreq(mesh[1], 1.0 / mesh[1]),
-        np.arange(half),
-    ]
     cs, cas = [], []
     for axis, k_mesh in enumerate(mesh):
         u0, a, b2 = _axis_factors(k_mesh, order)
-        if influence == "spme":
-            c = np.where(np.isfinite(b2), 1.0 / b2, 0.0)
-        elif influence == "p3m":
-            c = u0**2 / a**2
-        else:
-            raise ValueError(f"influence must be 'spme' or 'p3m', got {influence!r}")
+        c = _influence_factor(u0, a, b2, influence)
         if axis == 2:
             c, a = c[:half], a[:half]
         cs.append(c)
@@ -222,7 +231,7 @@ def _mesh_tables(mesh, order, influence="spme"):
     if mesh[2] % 2 == 0:
         weight3[-1] = 1.0
     w = weight3[None, None, :]
-    return m, outer(cs) * w, (outer(cas) - 1.0) * w
+    return outer(cs) * w, (outer(cas) - 1.0) * w
 
 
 def _mesh_weights(cell, alpha, mesh, dtype):
@@ -267,7 +276,7 @@ def pme_reciprocal_energy(positions, charges, cell, *, config: PMEConfig):
     charges = charges.astype(dtype)
     s = positions @ jnp.linalg.inv(cell)
     q_hat = jnp.fft.rfftn(spread_charges(s, charges, mesh, order))
-    _, c, bias = _mesh_tables(mesh, order, config.influence)
+    c, bias = _mesh_tables(mesh, order, config.influence)
     g = _mesh_weights(cell, config.alpha, mesh, dtype)
     power = jnp.real(q_hat) ** 2 + jnp.imag(q_hat) ** 2
     volume = jnp.abs(jnp.linalg.det(cell))

@@ -81,19 +81,27 @@ def real_space_error(q2, volume, alpha, r_cut, sigma_max=None) -> float:
     return err
 
 
-def _rcut_for(q2, volume, alpha, target, sigma_max):
-    lo, hi = 1e-3 / alpha, 50.0 / alpha
-    if sigma_max:
-        hi = max(hi, 100.0 * sigma_max)
+def _bisect_decreasing(err, lo, hi, target):
+    """Smallest x in [lo, hi] (geometric bisection to 1e-6) with err(x) <= target,
+    for err decreasing in x."""
     for _ in range(200):
         mid = math.sqrt(lo * hi)
-        if real_space_error(q2, volume, alpha, mid, sigma_max) > target:
+        if err(mid) > target:
             lo = mid
         else:
             hi = mid
         if hi / lo < 1.0 + 1e-6:
             break
     return hi
+
+
+def _rcut_for(q2, volume, alpha, target, sigma_max):
+    hi = 50.0 / alpha
+    if sigma_max:
+        hi = max(hi, 100.0 * sigma_max)
+    return _bisect_decreasing(
+        lambda r: real_space_error(q2, volume, alpha, r, sigma_max), 1e-3 / alpha, hi, target
+    )
 
 
 def _k_box(cell, k_c):
@@ -435,7 +443,7 @@ def pme_mesh_error(q2, cell, alpha, mesh, order, influence="spme", self_correcti
     ``Q2 sqrt(<dpsi^2> / 2)`` from pairs plus, without the self correction, the mean
     self-interaction bias ``(Q2 / 2V) sum_k R (c a - 1)``. The mesh's k truncation
     (terms beyond the zone) adds the integral bound of Ewald's truncation."""
-    from jaxlr.kernels.pme import _axis_factors
+    from jaxlr.kernels.pme import _axis_factors, _influence_factor
 
     cell = np.asarray(cell, dtype=np.float64)
     volume = abs(np.linalg.det(cell))
@@ -454,10 +462,7 @@ def pme_mesh_error(q2, cell, alpha, mesh, order, influence="spme", self_correcti
         u0, aa, b2 = _axis_factors(mesh[a], order)
         n = np.fft.fftfreq(mesh[a], 1.0 / mesh[a]).astype(int)
         sel = (np.abs(n) <= reach[a]) & (n % stride[a] == 0)
-        if influence == "spme":
-            c = np.where(np.isfinite(b2), 1.0 / np.where(np.isfinite(b2), b2, 1.0), 0.0)
-        else:
-            c = u0**2 / aa**2
+        c = _influence_factor(u0, aa, b2, influence)
         tabs.append((n[sel], u0[sel], aa[sel], c[sel]))
 
     def outer(i):
@@ -567,18 +572,13 @@ def _tune_pme_absolute(charges, cell, target, sigma, orders, alpha=None, influen
 
 def _alpha_for_rcut(q2, volume, r_cut, target, sigma_max):
     """alpha at which the Kolafa-Perram real-space error at r_cut meets target."""
-    lo, hi = 0.5 / r_cut, 50.0 / r_cut
-    if real_space_error(q2, volume, hi, r_cut, sigma_max) > target:
+
+    def err(alpha):
+        return real_space_error(q2, volume, alpha, r_cut, sigma_max)
+
+    if err(50.0 / r_cut) > target:
         return None
-    for _ in range(200):
-        mid = math.sqrt(lo * hi)
-        if real_space_error(q2, volume, mid, r_cut, sigma_max) > target:
-            lo = mid
-        else:
-            hi = mid
-        if hi / lo < 1.0 + 1e-6:
-            break
-    return hi
+    return _bisect_decreasing(err, 0.5 / r_cut, 50.0 / r_cut, target)
 
 
 def _relative_target(positions, q, cell, accuracy, sigma):
