@@ -65,8 +65,10 @@ def _validate(positions, charges, cell, pbc, method, accuracy, sigma):
         s = np.asarray(sigma, dtype=np.float64)
         if s.ndim not in (0, 1) or (s.ndim == 1 and s.shape != (len(pos),)):
             raise ValueError(f"sigma must be a scalar or shape ({len(pos)},), got {s.shape}")
-        if not np.all(np.isfinite(s)) or np.any(s <= 0):
-            raise ValueError(f"sigma must be positive and finite, got min {s.min()}")
+        if not np.all(np.isfinite(s)) or np.any(s < 0):
+            raise ValueError(
+                f"sigma must be finite and non-negative (0 marks a point charge), got min {s.min()}"
+            )
     periodic = any(pbc)
     if periodic and not all(pbc) and pbc != (True, True, False):
         raise ValueError(
@@ -124,6 +126,9 @@ class PreparedEnergy:
         self.sigma = sigma
         self.prefactor = prefactor
         self.estimated_error = estimated_error
+        # called on concrete arrays, evaluate compiled: op-by-op dispatch of the
+        # kernels costs seconds; inside an outer jit this inner jit just inlines
+        self._compiled = jax.jit(self._evaluate, static_argnames=("potential",))
 
     def __repr__(self):
         return (
@@ -136,55 +141,76 @@ class PreparedEnergy:
 
     def energy_and_overflow(self, positions, charges, cell=None):
         """``(E, overflow)``: the energy and the capacity-overflow flag (bool scalar)."""
-        return self._evaluate(positions, charges, cell, potential=False)
+        return self._compiled(positions, charges, cell, potential=False)
 
     def potential_and_overflow(self, positions, charges, cell=None):
         """``(phi, overflow)``: (N,) potential in V and the overflow flag."""
-        return self._evaluate(positions, charges, cell, potential=True)
+        return self._compiled(positions, charges, cell, potential=True)
 
-    def _evaluate(self, positions, charges, cell, potential):
+    def _evaluate(self, positions, charges, cell, potential, sigma=None):
+        """Energy or potential, and the overflow flag; ``sigma`` (traced widths, for
+        derivatives with respect to them) replaces the prepared widths."""
+        phi, overflow, positions = self._operator(positions, cell, sigma, potential)
+        return phi(jnp.asarray(charges).astype(positions.dtype)), overflow
+
+    def potential_operator(self, positions, cell=None, sigma=None):
+        """``(phi, overflow)``: ``phi(q)`` the (N,) potential of charges q for these
+        positions, linear in q, with the pairs (and the spatial order) built once:
+        for solvers that apply it many times (charge equilibration). ``sigma``
+        replaces the prepared widths."""
+        phi, overflow, _ = self._operator(positions, cell, sigma, True)
+        return phi, overflow
+
+    def _operator(self, positions, cell, sigma, potential):
+        positions = jnp.asarray(positions)
         dtype = positions.dtype
-        charges = jnp.asarray(charges).astype(dtype)
-        sigma = self._sigma(dtype)
+        sigma = self._sigma(dtype) if sigma is None else jnp.asarray(sigma, dtype)
         if self.method == "direct":
-            phi = coulomb_potential(positions, charges, sigma=sigma, prefactor=self.prefactor)
-            out = phi if potential else 0.5 * jnp.sum(charges * phi)
-            return out, jnp.asarray(False)
+
+            def direct(q):
+                phi = coulomb_potential(positions, q, sigma=sigma, prefactor=self.prefactor)
+                return phi if potential else 0.5 * jnp.sum(q * phi)
+
+            return direct, jnp.asarray(False), positions
         if cell is None:
             raise ValueError("this energy function was prepared for a periodic cell: pass cell")
         cell = jnp.asarray(cell).astype(dtype)
+        perm = None
         if positions.shape[0] >= SORT_MIN_ATOMS:
             # visit atoms in space-filling order: the pair build, the pair gathers and
             # the mesh scatter then walk memory instead of jumping through it (the
             # energy does not depend on the order; the potential is put back)
             perm = _spatial_order(positions, cell, self.neighbors.config.n_bins)
-            sig = sigma if sigma is None or sigma.ndim == 0 else sigma[perm]
-            out, overflow = self._evaluate_ordered(
-                positions[perm], charges[perm], cell, sig, potential
-            )
-            if potential:
-                out = jnp.zeros_like(out).at[perm].set(out, unique_indices=True)
-            return out, overflow
-        return self._evaluate_ordered(positions, charges, cell, sigma, potential)
-
-    def _evaluate_ordered(self, positions, charges, cell, sigma, potential):
+            positions = positions[perm]
+            if sigma is not None and sigma.ndim:
+                sigma = sigma[perm]
         pairs, overflow = self.neighbors.build(positions, cell)
-        if self.slab_length is not None:
-            return self._evaluate_slab(positions, charges, cell, pairs, sigma, potential), overflow
-        if self.method == "pme":
-            kernel = pme_potential if potential else pme_energy
-        else:
-            kernel = ewald_potential if potential else ewald_energy
-        out = kernel(
-            positions,
-            charges,
-            cell,
-            pairs,
-            config=self.config,
-            sigma=sigma,
-            prefactor=self.prefactor,
-        )
-        return out, overflow
+
+        def periodic(q):
+            q = q.astype(dtype)
+            if perm is not None:
+                q = q[perm]
+            if self.slab_length is not None:
+                out = self._evaluate_slab(positions, q, cell, pairs, sigma, potential)
+            else:
+                if self.method == "pme":
+                    kernel = pme_potential if potential else pme_energy
+                else:
+                    kernel = ewald_potential if potential else ewald_energy
+                out = kernel(
+                    positions,
+                    q,
+                    cell,
+                    pairs,
+                    config=self.config,
+                    sigma=sigma,
+                    prefactor=self.prefactor,
+                )
+            if potential and perm is not None:
+                out = jnp.zeros_like(out).at[perm].set(out, unique_indices=True)
+            return out
+
+        return periodic, overflow, positions
 
     def _evaluate_slab(self, positions, charges, cell, pairs, sigma, potential):
         length = self.slab_length
@@ -269,7 +295,8 @@ def prepare_energy(
         above it whichever of Ewald and PME the cost model finds cheaper.
       accuracy: requested relative energy error (see :mod:`jaxlr.kernels.tuning`).
       prefactor: Coulomb constant; 1.0 gives Gaussian units (e^2/Å).
-      sigma: None for point charges, or Gaussian widths in Å (scalar or (N,)).
+      sigma: None for point charges, or Gaussian widths in Å (scalar or (N,));
+        a width of 0 marks a point charge among Gaussian ones.
       capacity_multiplier: head room on the pair and bin capacities.
       config: explicit :class:`~jaxlr.kernels.EwaldConfig` or
         :class:`~jaxlr.kernels.PMEConfig` instead of tuning (it sets the method).

@@ -101,18 +101,17 @@ def test_matrix_free_matches_dense_and_reports_convergence():
     for c, kernel in ((None, "ewald"), (cell, "ewald"), (cell, "pme")):
         solver = qeq.prepare(pos, sig, c, accuracy=1e-9, kernel=kernel)
         cj = None if c is None else jnp.asarray(c)
-        dense = solver.solve(*args, cj, jnp.asarray([0.4]))
-        free = jax.jit(
-            lambda p, x, j, s: solver.solve(
-                p, x, j, s, cj, jnp.asarray([0.4]), method="matrix_free", tol=1e-10
+        dense = jax.jit(lambda *a: solver.solve(*a, cj, jnp.asarray([0.4])))(*args)
+        run = jax.jit(
+            lambda p, x, j, s, g: solver.solve(
+                p, x, j, s, cj, jnp.asarray([0.4]), method="matrix_free", tol=1e-10, guess=g
             )
-        )(*args)
+        )
+        free = run(*args, jnp.zeros(40))
         assert bool(dense.ok) and bool(free.ok) and 0 < int(free.iterations) < 100
         np.testing.assert_allclose(np.asarray(free.charges), np.asarray(dense.charges), atol=1e-6)
         # a warm start from the solution needs (almost) no iterations
-        warm = solver.solve(
-            *args, cj, jnp.asarray([0.4]), method="matrix_free", tol=1e-10, guess=free.charges
-        )
+        warm = run(*args, free.charges)
         assert int(warm.iterations) < int(free.iterations) / 2
     with pytest.raises(ValueError, match="did not converge"):
         qeq.solve(pos, chi, hard, sig, cell, method="matrix_free", max_iter=2)
@@ -126,3 +125,30 @@ def test_bad_input_names_the_argument():
         qeq.solve(pos, chi, hard, -sig)
     with pytest.raises(ValueError, match="method"):
         qeq.solve(pos, chi, hard, sig, method="cg")
+
+
+def test_matrix_free_converges_on_ten_thousand_atoms():
+    """10^4 atoms at 0.1 atoms/A^3 in a periodic cell, PME mat-vec: the solve
+    converges, keeps the total charge, and the charges equalise chi + J q + phi(q)
+    with phi from a separately prepared PME potential."""
+    n = 10_000
+    rng = np.random.default_rng(5)
+    box = (n / 0.1) ** (1 / 3)
+    pos = rng.uniform(0, box, (n, 3))
+    chi = rng.normal(0.0, 1.0, n)
+    hard = rng.uniform(8.0, 12.0, n)
+    sig = 1.0
+    result = qeq.prepare(pos, sig, box * np.eye(3), accuracy=1e-6, kernel="pme")
+    res = jax.jit(
+        lambda p, c, j: result.solve(
+            p, c, j, sig, jnp.asarray(box * np.eye(3)), jnp.asarray([0.0]),
+            method="matrix_free", tol=1e-6,
+        )
+    )(jnp.asarray(pos), jnp.asarray(chi), jnp.asarray(hard))
+    assert bool(res.ok) and float(res.residual) <= 1e-6
+    assert 2 < int(res.iterations) < 200
+    q = np.asarray(res.charges)
+    assert abs(q.sum()) < 1e-9 and np.std(q) > 0.01
+    phi = jaxlr.electrostatic_potential(pos, q, box * np.eye(3), sigma=sig, method="pme", accuracy=1e-6)
+    mu = chi + hard * q + np.asarray(phi)
+    assert np.std(mu) < 1e-4 * np.std(chi)

@@ -4,6 +4,8 @@ Pair kernel ``1/r`` (point) or ``erf(r / sqrt(2 (sigma_i^2 + sigma_j^2))) / r``
 (Gaussian charges of standard deviation ``sigma``), physical potential
 ``phi_i = sum_j q_j v(r_ij)`` plus the Gaussian self term ``q_i / (sqrt(pi) sigma_i)``,
 so that ``E = 1/2 sum_i q_i phi_i`` exactly (self energy ``q^2 / (2 sqrt(pi) sigma)``).
+Widths may mix: ``sigma_i = 0`` marks a point charge (no self term), as for the
+electrolyte around Gaussian electrode atoms.
 """
 
 from __future__ import annotations
@@ -54,11 +56,21 @@ def pair_kernel(r_vec, mask, s2=None):
     r = jnp.sqrt(jnp.where(apart, r2, 1.0))
     if s2 is None:
         return jnp.where(apart, 1.0 / r, 0.0)
+    point = s2 <= 0.0  # a pair of two point charges (width 0)
+    s2 = jnp.where(point, 1.0, s2)
     width = jnp.sqrt(2.0 * s2)
     v = jax.scipy.special.erf(r / width) / r
     limit = 2.0 / (_SQRT_PI * width) * (1.0 - r2 / (3.0 * width**2))
     v = jnp.where(r2 > 1e-6 * s2, v, limit)  # series below r ~ 1e-3 width
+    v = jnp.where(point, jnp.where(apart, 1.0 / r, 0.0), v)
     return jnp.where(mask, v, 0.0)
+
+
+def gaussian_self_potential(charges, sig):
+    """q_i / (sqrt(pi) sigma_i), the potential of a Gaussian charge on itself; 0 for
+    point charges (sigma_i = 0, whose infinite self energy is left out)."""
+    point = sig <= 0.0
+    return jnp.where(point, 0.0, charges / (_SQRT_PI * jnp.where(point, 1.0, sig)))
 
 
 def pair_potential_sum(values, charges, pairs: Pairs, n_atoms: int):
@@ -100,7 +112,7 @@ def coulomb_potential(
     v = pair_kernel(pair_vectors(positions, pairs), pairs.mask, s2)
     phi = pair_potential_sum(v, charges, pairs, n)
     if sig is not None:
-        phi = phi + charges / (_SQRT_PI * sig)
+        phi = phi + gaussian_self_potential(charges, sig)
     return prefactor * phi
 
 
@@ -122,7 +134,7 @@ def _dense_potential(positions, charges, sig, block=512):
 
     phi = jax.lax.map(one, rows).reshape(-1)[:n]
     if sig is not None:
-        phi = phi + charges / (_SQRT_PI * sig)
+        phi = phi + gaussian_self_potential(charges, sig)
     return phi
 
 

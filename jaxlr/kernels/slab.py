@@ -26,7 +26,14 @@ import numpy as np
 
 from jaxlr.kernels.coulomb import _sigma_per_atom
 
-__all__ = ["slab_normal", "slab_cell", "slab_correction", "slab_length", "slab_thickness"]
+__all__ = [
+    "slab_normal",
+    "slab_cell",
+    "slab_correction",
+    "slab_correction_matrix",
+    "slab_length",
+    "slab_thickness",
+]
 
 
 def slab_normal(cell):
@@ -64,6 +71,20 @@ def slab_correction(positions, charges, cell, length, sigma=None):
     return (2.0 * jnp.pi / volume) * (
         dipole * dipole - total * moment2 - total * total * length * length / 12.0
     )
+
+
+def slab_correction_matrix(positions, cell, length, sigma=None):
+    """(N, N) Hessian of :func:`slab_correction` in the charges (Gaussian units):
+    ``(4 pi / V) [z_i z_j - (w_i + w_j) / 2 - L^2 / 12]``, ``w = z^2 + sigma^2``."""
+    n = slab_normal(cell)
+    z = positions @ n
+    area = jnp.linalg.norm(jnp.cross(cell[0], cell[1]))
+    w = z * z
+    sig = _sigma_per_atom(sigma, z)
+    if sig is not None:
+        w = w + sig * sig
+    a = z[:, None] * z[None, :] - 0.5 * (w[:, None] + w[None, :]) - length * length / 12.0
+    return (4.0 * jnp.pi / (area * length)) * a
 
 
 def slab_thickness(positions, cell, sigma=None):

@@ -251,6 +251,12 @@ def _tune_absolute(charges, cell, target, sigma, chunk, alpha=None):
     return dataclasses.replace(cfg, estimated_error=err)
 
 
+def _gaussian_screen(r, s2):
+    """erfc(r / sqrt(2 s2)) / r, 0 for pairs of point charges (s2 = 0)."""
+    gauss = s2 > 0
+    return np.where(gauss, erfc(r / np.sqrt(2.0 * np.where(gauss, s2, 1.0))) / r, 0.0)
+
+
 def real_space_tail(
     positions, charges, cell, alpha, r_cut, sigma=None, r_far=None, max_centers=1000
 ):
@@ -278,7 +284,7 @@ def real_space_tail(
         i, j, r = i[far], j[far], r[far]
         v = erfc(alpha * r) / r
         if sig is not None:
-            v -= erfc(r / np.sqrt(2.0 * (sig[i] ** 2 + sig[j] ** 2))) / r
+            v -= _gaussian_screen(r, sig[i] ** 2 + sig[j] ** 2)
         total += 0.5 * float(np.sum(q[i] * q[j] * v))
     return abs(total) * n / len(centers)
 
@@ -295,7 +301,7 @@ def _host_ewald_energy(positions, charges, cell, config, sigma):
     v = erfc(config.alpha * r) / r
     sig = None if sigma is None else np.broadcast_to(np.asarray(sigma, np.float64), q.shape)
     if sig is not None:
-        v -= erfc(r / np.sqrt(2.0 * (sig[i] ** 2 + sig[j] ** 2))) / r
+        v -= _gaussian_screen(r, sig[i] ** 2 + sig[j] ** 2)
     e = float(np.sum(q[i] * q[j] * v))
     s = positions @ np.linalg.inv(cell)
     km = config.k_max
@@ -323,7 +329,8 @@ def _host_ewald_energy(positions, charges, cell, config, sigma):
         2 * volume * config.alpha**2
     )
     if sig is not None:
-        e += float(np.sum(q * q / (2 * math.sqrt(math.pi) * sig)))
+        gauss = sig > 0
+        e += float(np.sum(q[gauss] ** 2 / (2 * math.sqrt(math.pi) * sig[gauss])))
         e += 2 * math.pi * total / volume * float(np.sum(q * sig**2))
     return e
 

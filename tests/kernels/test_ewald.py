@@ -1,3 +1,4 @@
+import itertools
 import math
 
 import jax
@@ -251,3 +252,66 @@ def test_reciprocal_custom_jvp_matches_plain_autodiff():
     _, tangent = jax.jvp(custom, args, v)
     expected = sum(jnp.sum(g * t) for g, t in zip(g_custom, v))
     assert float(tangent) == pytest.approx(float(expected), rel=1e-10)
+
+
+def test_mixed_point_and_gaussian_charges():
+    # sigma_i = 0 marks a point charge among Gaussian ones (electrolyte around an
+    # electrode): reference = point Ewald + explicit image sum of the Gaussian
+    # screening -erfc(r / w_ij) / r over pairs with a Gaussian partner + self terms
+    from scipy.special import erfc
+
+    from jaxlr.kernels import coulomb_energy
+
+    rng = np.random.default_rng(21)
+    pos, q, cell = skewed_system(rng, n=12, charged=True)
+    n = len(q)
+    sig = np.where(np.arange(n) % 3 == 0, 0.0, rng.uniform(0.5, 0.9, n))
+    ref = numpy_ewald(pos, q, cell)
+    volume = abs(np.linalg.det(cell))
+    for S in itertools.product(range(-3, 4), repeat=3):
+        d = pos[None, :, :] - pos[:, None, :] + np.asarray(S) @ cell
+        r = np.linalg.norm(d, axis=-1)
+        s2 = sig[:, None] ** 2 + sig[None, :] ** 2
+        ok = (s2 > 0) & (r > 0)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            v = np.where(ok, -erfc(r / np.sqrt(2 * np.where(ok, s2, 1))) / r, 0.0)
+        ref += 0.5 * np.sum(np.outer(q, q) * v)
+    g = sig > 0
+    ref += np.sum(q[g] ** 2 / (2 * np.sqrt(np.pi) * sig[g]))
+    ref += 2 * np.pi * q.sum() / volume * np.sum(q * sig**2)  # background x Gaussian
+    for method in ("ewald", "pme"):
+        e = energy(pos, q, cell, accuracy=1e-9, sigma=sig, method=method)
+        assert e == pytest.approx(ref, rel=1e-7, abs=1e-8), method
+    # molecule: the direct sum with point-point pairs 1/r
+    pm = pos[:5]
+    dm = np.linalg.norm(pm[:, None] - pm[None], axis=-1)
+    s2 = sig[:5, None] ** 2 + sig[None, :5] ** 2
+    with np.errstate(divide="ignore", invalid="ignore"):
+        from scipy.special import erf
+
+        v = np.where(s2 > 0, erf(dm / np.sqrt(2 * np.where(s2 > 0, s2, 1))), 1.0) / dm
+    np.fill_diagonal(v, 0.0)
+    refm = 0.5 * q[:5] @ v @ q[:5] + sum(
+        q[i] ** 2 / (2 * np.sqrt(np.pi) * sig[i]) for i in range(5) if sig[i] > 0
+    )
+    assert energy(pm, q[:5], None, sigma=sig[:5]) == pytest.approx(refm, rel=1e-12)
+    grad = jax.grad(coulomb_energy)(jnp.asarray(pm), jnp.asarray(q[:5]), sigma=jnp.asarray(sig[:5]))
+    assert np.all(np.isfinite(np.asarray(grad)))
+
+
+def test_ewald_matrix_is_the_hessian_in_the_charges():
+    from jaxlr.kernels import ewald_matrix
+
+    rng = np.random.default_rng(22)
+    pos, q, cell = skewed_system(rng, n=10, charged=True)
+    sig = np.where(np.arange(10) % 4 == 0, 0.0, rng.uniform(0.5, 0.9, 10))
+    cfg = tune_ewald(pos, q, cell, accuracy=1e-10, sigma=sig)
+    pairs = neighbor_pairs(pos, cfg.r_cut, cell, half=True)
+    args = (jnp.asarray(pos), jnp.asarray(cell), pairs)
+    a = np.asarray(ewald_matrix(*args, config=cfg, sigma=jnp.asarray(sig)))
+    phi = ewald_potential(args[0], jnp.asarray(q), args[1], pairs, config=cfg, sigma=sig, prefactor=1.0)
+    np.testing.assert_allclose(a @ q, np.asarray(phi), rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(a, a.T, atol=1e-14)
+    rows = np.array([1, 4, 5, 8])
+    sub = ewald_matrix(*args, config=cfg, sigma=jnp.asarray(sig), rows=rows)
+    np.testing.assert_allclose(np.asarray(sub), a[np.ix_(rows, rows)], atol=1e-14)
