@@ -19,10 +19,11 @@ operator is reported apart.
 3. Warm start along a constant-velocity MD step (``--step`` Å rms displacement
    per component; 0.005 Å is 1-2 fs of Na / Cl at 300 K): a cold start, the
    previous charges as the guess, and the linear extrapolation 2 q_0 - q_-1.
+4. float32: charges solved in float32 (tol 1e-5) against float64.
 
     python benchmarks/qeq.py [--dense-sizes 250 500 1000 2000 4000]
         [--sizes 1000 3000 10000 30000 100000] [--tol 1e-6] [--accuracy 1e-6]
-        [--step 0.005]
+        [--step 0.005] [--float32-sizes 1000 10000]
 """
 
 import argparse
@@ -219,6 +220,38 @@ def scaling(sizes, tol, accuracy, repeats, step):
     print(table(headers + ("extrap. s",), warm_rows))
 
 
+def float32_accuracy(sizes, accuracy):
+    """Charges solved in float32 (matrix-free, PME, tol 1e-5) vs float64 (tol 1e-10)."""
+    print("\n## 4. float32\n")
+    rows = []
+    for n in sizes:
+        pos, chi, hard, sig, cell = system(n)
+        solver = jaxlr.qeq.prepare(pos, sig, cell, accuracy=accuracy, kernel="pme")
+        out = {}
+        for dtype, tol in ((jnp.float64, 1e-10), (jnp.float32, 1e-5)):
+            a = [jnp.asarray(x, dtype) for x in (pos, chi, hard, sig, cell)]
+            run = jax.jit(
+                lambda p, c, j, s, b, tol=tol: solver.solve(
+                    p, c, j, s, b, jnp.zeros(1, p.dtype), method="matrix_free", tol=tol
+                )
+            )
+            out[dtype] = run(*a)
+        q64 = np.asarray(out[jnp.float64].charges)
+        q32 = np.asarray(out[jnp.float32].charges, np.float64)
+        r32 = out[jnp.float32]
+        rows.append(
+            (
+                n,
+                f"{np.abs(q32 - q64).max():.1e}",
+                f"{np.sqrt(np.mean((q32 - q64) ** 2)) / np.std(q64):.1e}",
+                f"{float(r32.residual):.1e}",
+                int(r32.iterations),
+                "yes" if bool(r32.ok) else "NO",
+            )
+        )
+    print(table(("N", "max |dq| (e)", "rms dq / std q", "residual", "CG its", "converged"), rows))
+
+
 def table(headers, rows):
     rows = [tuple(str(x) for x in r) for r in rows]
     widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(headers)]
@@ -236,6 +269,7 @@ def main():
     parser.add_argument("--accuracy", type=float, default=1e-6)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--step", type=float, default=0.005, help="MD displacement, Å")
+    parser.add_argument("--float32-sizes", type=int, nargs="*", default=[1000, 10000])
     args = parser.parse_args()
     import os
 
@@ -247,6 +281,8 @@ def main():
         crossover(args.dense_sizes, args.tol, args.accuracy, args.repeats)
     if args.sizes:
         scaling(args.sizes, args.tol, args.accuracy, args.repeats, args.step)
+    if args.float32_sizes:
+        float32_accuracy(args.float32_sizes, args.accuracy)
 
 
 if __name__ == "__main__":

@@ -152,3 +152,28 @@ def test_matrix_free_converges_on_ten_thousand_atoms():
     phi = jaxlr.electrostatic_potential(pos, q, box * np.eye(3), sigma=sig, method="pme", accuracy=1e-6)
     mu = chi + hard * q + np.asarray(phi)
     assert np.std(mu) < 1e-4 * np.std(chi)
+
+
+@pytest.mark.parametrize("pbc", [None, (True, True, False)])
+def test_periodic_energy_gradients_match_finite_differences(pbc):
+    """Prepared solver under jit: dE/dR, dE/dcell, dE/dsigma of the QEq energy at
+    the solution, in a 3D cell and a slab, against central differences."""
+    pos, chi, hard, sig = molecule(12, seed=4)
+    cell = np.array([[7.0, 0.0, 0.0], [1.0, 7.5, 0.0], [0.5, -0.4, 6.5]])
+    solver = qeq.prepare(pos, sig, cell, pbc=pbc, accuracy=1e-10)
+
+    @jax.jit
+    def e(p, c, s):
+        res = solver.solve(p, chi, hard, s, c, jnp.asarray([0.1]))
+        return solver.energy(p, chi, hard, s, c, res.charges)
+
+    args = [jnp.asarray(pos), jnp.asarray(cell), jnp.asarray(sig)]
+    grads = jax.grad(e, argnums=(0, 1, 2))(*args)
+    h = 1e-5
+    for k, index in ((0, (3, 1)), (1, (0, 0)), (1, (1, 0)), (2, (5,))):
+        plus = [np.array(a) for a in args]
+        minus = [np.array(a) for a in args]
+        plus[k][index] += h
+        minus[k][index] -= h
+        fd = (float(e(*plus)) - float(e(*minus))) / (2 * h)
+        assert float(grads[k][index]) == pytest.approx(fd, rel=1e-6, abs=1e-8), (k, index)
