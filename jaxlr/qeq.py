@@ -172,7 +172,6 @@ class CoulombOperator:
         a = jax.lax.map(block, jnp.asarray(cols)).reshape(-1, m)[:m]
         return 0.5 * (a + a.T), overflow
 
-
     def _ewald_matrix(self, positions, sig, cell, idx):
         """Directly assembled Ewald block (plus the slab correction's)."""
         fn = self.prepared
@@ -650,7 +649,9 @@ def _check_electrodes(positions, charges, electrode, potential, sigma):
     if jnp.shape(sigma) not in ((), (n,)):
         raise ValueError(f"sigma must be a scalar or shape ({n},), got {jnp.shape(sigma)}")
     if isinstance(sigma, jax.core.Tracer):
-        raise ValueError("sigma must be concrete here (pass traced widths to ElectrodeSolver.solve)")
+        raise ValueError(
+            "sigma must be concrete here (pass traced widths to ElectrodeSolver.solve)"
+        )
     sig = np.broadcast_to(np.asarray(sigma, np.float64), (n,))
     if jnp.shape(sigma) == ():
         sig = np.where(group >= 0, sig, 0.0)  # a scalar width: point-charge electrolyte

@@ -141,15 +141,23 @@ def test_matrix_free_converges_on_ten_thousand_atoms():
     result = qeq.prepare(pos, sig, box * np.eye(3), accuracy=1e-6, kernel="pme")
     res = jax.jit(
         lambda p, c, j: result.solve(
-            p, c, j, sig, jnp.asarray(box * np.eye(3)), jnp.asarray([0.0]),
-            method="matrix_free", tol=1e-6,
+            p,
+            c,
+            j,
+            sig,
+            jnp.asarray(box * np.eye(3)),
+            jnp.asarray([0.0]),
+            method="matrix_free",
+            tol=1e-6,
         )
     )(jnp.asarray(pos), jnp.asarray(chi), jnp.asarray(hard))
     assert bool(res.ok) and float(res.residual) <= 1e-6
     assert 2 < int(res.iterations) < 200
     q = np.asarray(res.charges)
     assert abs(q.sum()) < 1e-9 and np.std(q) > 0.01
-    phi = jaxlr.electrostatic_potential(pos, q, box * np.eye(3), sigma=sig, method="pme", accuracy=1e-6)
+    phi = jaxlr.electrostatic_potential(
+        pos, q, box * np.eye(3), sigma=sig, method="pme", accuracy=1e-6
+    )
     mu = chi + hard * q + np.asarray(phi)
     assert np.std(mu) < 1e-4 * np.std(chi)
 

@@ -309,7 +309,9 @@ def test_ewald_matrix_is_the_hessian_in_the_charges():
     pairs = neighbor_pairs(pos, cfg.r_cut, cell, half=True)
     args = (jnp.asarray(pos), jnp.asarray(cell), pairs)
     a = np.asarray(ewald_matrix(*args, config=cfg, sigma=jnp.asarray(sig)))
-    phi = ewald_potential(args[0], jnp.asarray(q), args[1], pairs, config=cfg, sigma=sig, prefactor=1.0)
+    phi = ewald_potential(
+        args[0], jnp.asarray(q), args[1], pairs, config=cfg, sigma=sig, prefactor=1.0
+    )
     np.testing.assert_allclose(a @ q, np.asarray(phi), rtol=1e-12, atol=1e-12)
     np.testing.assert_allclose(a, a.T, atol=1e-14)
     rows = np.array([1, 4, 5, 8])
