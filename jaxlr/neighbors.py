@@ -315,6 +315,8 @@ def _vesin_chunks(positions, cutoff, cell, pbc, half):
     """The same pairs from vesin (C++), when it is installed: one chunk."""
     import vesin
 
+    positions = np.asarray(positions, np.float64)
+    cell = np.asarray(cell, np.float64)  # vesin wants one dtype for both
     s = positions @ np.linalg.inv(cell)
     offset = np.where(np.asarray(pbc), np.floor(s), 0.0).astype(np.int64)
     wrapped = (s - offset) @ cell
