@@ -91,7 +91,9 @@ def _radial_values(r, max_radial, radius):
     n = np.arange(max_radial + 1)
     with np.errstate(divide="ignore"):
         logr = np.log(r)
-    g = np.exp(log_norm[:, None] + n[:, None] * logr[None, :] - r[None, :] ** 2 / (2 * s[:, None] ** 2))
+    g = np.exp(
+        log_norm[:, None] + n[:, None] * logr[None, :] - r[None, :] ** 2 / (2 * s[:, None] ** 2)
+    )
     g[0, r == 0] = np.exp(log_norm[0])
     return lowdin @ g
 
@@ -143,7 +145,9 @@ def real_spherical_harmonics(vectors, max_angular):
                 norm = math.sqrt((2 * l + 1) / (4 * math.pi))
                 row[l] = norm * q[l][0]
             else:
-                norm = math.sqrt((2 * l + 1) / (2 * math.pi) * math.factorial(l - m) / math.factorial(l + m))
+                norm = math.sqrt(
+                    (2 * l + 1) / (2 * math.pi) * math.factorial(l - m) / math.factorial(l + m)
+                )
                 row[l + m] = norm * q[l][m] * c[m]
                 row[l - m] = norm * q[l][m] * s[m]
         out.extend(row)
@@ -218,8 +222,12 @@ def _density_fourier_zero(exponent, smearing):
     if p <= 3:
         return None
     return (
-        math.pi**1.5 * 2.0 ** (3 - p) / math.gamma(p / 2)
-        * (0.5 * smearing**2) ** ((3 - p) / 2) * 2.0 / (p - 3)
+        math.pi**1.5
+        * 2.0 ** (3 - p)
+        / math.gamma(p / 2)
+        * (0.5 * smearing**2) ** ((3 - p) / 2)
+        * 2.0
+        / (p - 3)
     )
 
 
@@ -280,7 +288,9 @@ def lode_config(**kwargs):
 def _radial_integrals(config, k):
     """(..., L+1, n) I_nl(k) = int r^2 R_n(r) j_l(k r) dr by Gauss-Legendre in r."""
     r, weights, _ = config.tables
-    j = spherical_bessel(k[..., None] * jnp.asarray(r, k.dtype), config.max_angular)  # (..., G, L+1)
+    j = spherical_bessel(
+        k[..., None] * jnp.asarray(r, k.dtype), config.max_angular
+    )  # (..., G, L+1)
     return jnp.einsum("...gl,ng->...ln", j, jnp.asarray(weights, k.dtype))
 
 
@@ -322,7 +332,9 @@ def lode_periodic(positions, species_onehot, cell, config: LodeConfig, kindices,
     recip = 2.0 * jnp.pi * jnp.linalg.inv(cell).T
     k = jnp.asarray(kindices, dtype) @ recip  # (K, 3)
     knorm = jnp.sqrt(jnp.sum(k * k, axis=-1))
-    inside = knorm < config.k_cutoff
+    # strictly inside: lattice vectors on the sphere (common for round cells and the
+    # default 1.2 pi / smearing) are left out whatever the rounding of |k|
+    inside = knorm < config.k_cutoff * (1.0 - 1e-12)
     knorm_safe = jnp.where(inside, knorm, 1.0)
     volume = jnp.abs(jnp.linalg.det(cell))
     fhat = jnp.where(inside, density_fourier(knorm_safe, config.exponent, config.smearing), 0.0)
@@ -392,7 +404,12 @@ def lode_free(positions, species_onehot, config: LodeConfig, mask=None):
     kq_j = jnp.asarray(kq, dtype)
     fhat = density_fourier(kq_j, config.exponent, config.smearing)
     radial = _radial_integrals(config, kq_j)  # (Q, L+1, n)
-    table = (2.0 / jnp.pi) * jnp.asarray(wq * kq**2, dtype)[:, None, None] * fhat[:, None, None] * radial
+    table = (
+        (2.0 / jnp.pi)
+        * jnp.asarray(wq * kq**2, dtype)[:, None, None]
+        * fhat[:, None, None]
+        * radial
+    )
     deg = _lm_degree(config.max_angular)
     onehot = species_onehot.astype(dtype)
     if mask is not None:
@@ -405,12 +422,16 @@ def lode_free(positions, species_onehot, config: LodeConfig, mask=None):
         r = jnp.sqrt(jnp.where(apart, r2, 1.0))
         jl = spherical_bessel(r[:, None] * kq_j[None, :], config.max_angular)  # (N, Q, L+1)
         pnl = jnp.einsum("jql,qln->jln", jl, table)  # (N, L+1, n)
-        ylm = real_spherical_harmonics(jnp.where(apart[:, None], d, jnp.asarray([0.0, 0.0, 1.0], dtype)), config.max_angular)
+        ylm = real_spherical_harmonics(
+            jnp.where(apart[:, None], d, jnp.asarray([0.0, 0.0, 1.0], dtype)), config.max_angular
+        )
         ylm = jnp.where(apart[:, None], ylm, 0.0)
         val = ylm[:, :, None] * pnl[:, deg, :]  # (N, LM, n)
         # the atom itself: only l = 0 (Y_00 = 1/sqrt(4 pi)), P_n0(0)
         p0 = jnp.einsum("q,qn->n", jnp.ones_like(kq_j), table[:, 0, :])
-        val = val.at[:, 0, :].add(jnp.where(apart, 0.0, 1.0)[:, None] * p0[None] / math.sqrt(4 * math.pi))
+        val = val.at[:, 0, :].add(
+            jnp.where(apart, 0.0, 1.0)[:, None] * p0[None] / math.sqrt(4 * math.pi)
+        )
         return jnp.einsum("ja,jmn->amn", onehot, val)
 
     coef = jax.lax.map(one, positions)
