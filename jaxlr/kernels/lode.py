@@ -318,7 +318,7 @@ def kvector_indices(cell, k_cutoff, margin=1.05):
     return m[k < k_cutoff * margin]
 
 
-def lode_periodic(positions, species_onehot, cell, config: LodeConfig, kindices, chunk=256):
+def lode_periodic(positions, species_onehot, cell, config: LodeConfig, kindices, k_chunk=512):
     """(N, A, (L+1)^2, n) periodic LODE coefficients (see the module docstring).
 
     Args:
@@ -326,45 +326,59 @@ def lode_periodic(positions, species_onehot, cell, config: LodeConfig, kindices,
       cell: (3, 3) rows. config: :class:`LodeConfig`.
       kindices: (K, 3) static half-space indices from :func:`kvector_indices`;
         masked by ``|k| < k_cutoff`` here, so a cell of the same shape class reuses them.
+      k_chunk: k-vectors per block. Blocks are summed in a scan whose body is
+        rematerialised in reverse mode: memory O(N k_chunk + K basis), never a
+        (k, atom) or (k, atom, basis) array over all k.
     """
     dtype = positions.dtype
     n_atoms = positions.shape[0]
-    recip = 2.0 * jnp.pi * jnp.linalg.inv(cell).T
-    k = jnp.asarray(kindices, dtype) @ recip  # (K, 3)
-    knorm = jnp.sqrt(jnp.sum(k * k, axis=-1))
-    # strictly inside: lattice vectors on the sphere (common for round cells and the
-    # default 1.2 pi / smearing) are left out whatever the rounding of |k|
-    inside = knorm < config.k_cutoff * (1.0 - 1e-12)
-    knorm_safe = jnp.where(inside, knorm, 1.0)
-    volume = jnp.abs(jnp.linalg.det(cell))
-    fhat = jnp.where(inside, density_fourier(knorm_safe, config.exponent, config.smearing), 0.0)
-    radial = _radial_integrals(config, knorm_safe)  # (K, L+1, n)
-    ylm = real_spherical_harmonics(k, config.max_angular)  # (K, LM)
-    deg = _lm_degree(config.max_angular)
-    # Re[i^l z] = cos-part (even l) or sin-part (odd l) with signs
-    sign_re = np.where(deg % 2 == 0, (-1.0) ** (deg // 2), 0.0)
-    sign_im = np.where(deg % 2 == 1, -((-1.0) ** ((deg - 1) // 2)), 0.0)
-    # kernel (K, LM, n), half-space factor 2
-    kern = (2.0 * 4.0 * jnp.pi / volume) * fhat[:, None, None] * ylm[:, :, None] * radial[:, deg, :]
-    # species structure factors S_a(k) = sum_j exp(i k.r_j): cos and sin parts (A, K)
-    phase = positions @ k.T  # (N, K)
-    cos_p, sin_p = jnp.cos(phase), jnp.sin(phase)
     onehot = species_onehot.astype(dtype)
-    s_cos = onehot.T @ cos_p
-    s_sin = onehot.T @ sin_p
-    # z = exp(i k r_i) conj(S_a) : Re = c C + s S ; Im = s C - c S
-    kc = kern * jnp.asarray(sign_re, dtype)[None, :, None]
-    ks = kern * jnp.asarray(sign_im, dtype)[None, :, None]
-    lmn = kern.shape[1] * kern.shape[2]
-    kc, ks = kc.reshape(-1, lmn), ks.reshape(-1, lmn)
-    # coef_i = c_i . (C_a kc - S_a ks) + s_i . (S_a kc + C_a ks)
-    u = s_cos[:, :, None] * kc[None] - s_sin[:, :, None] * ks[None]  # (A, K, LMN)
-    w = s_sin[:, :, None] * kc[None] + s_cos[:, :, None] * ks[None]
     n_species = onehot.shape[1]
-    u = jnp.transpose(u, (1, 0, 2)).reshape(k.shape[0], -1)
-    w = jnp.transpose(w, (1, 0, 2)).reshape(k.shape[0], -1)
-    coef = cos_p @ u + sin_p @ w  # (N, A * LMN)
-    coef = coef.reshape(n_atoms, n_species, kern.shape[1], kern.shape[2])
+    n_lm = (config.max_angular + 1) ** 2
+    n_rad = config.max_radial + 1
+    recip = 2.0 * jnp.pi * jnp.linalg.inv(cell).T
+    volume = jnp.abs(jnp.linalg.det(cell))
+    deg = _lm_degree(config.max_angular)
+    # Re[i^l z]: the real part (even l) or the imaginary part (odd l), with signs
+    sign_re = jnp.asarray(np.where(deg % 2 == 0, (-1.0) ** (deg // 2), 0.0), dtype)
+    sign_im = jnp.asarray(np.where(deg % 2 == 1, -((-1.0) ** ((deg - 1) // 2)), 0.0), dtype)
+    kidx = np.asarray(kindices, np.float64).reshape(-1, 3)
+    k_chunk = max(1, min(k_chunk, len(kidx)))
+    pad = -len(kidx) % k_chunk
+    # padded k-vectors: index (0, 0, 0), masked out below
+    blocks = np.concatenate([kidx, np.zeros((pad, 3))]).reshape(-1, k_chunk, 3)
+    valid = np.concatenate([np.ones(len(kidx)), np.zeros(pad)]).reshape(-1, k_chunk)
+
+    @jax.checkpoint
+    def block(coef, xs):
+        m, ok = xs
+        k = m.astype(dtype) @ recip  # (Kc, 3)
+        k2 = jnp.sum(k * k, axis=-1)
+        # strictly inside: lattice vectors on the sphere (common for round cells and
+        # the default 1.2 pi / smearing) are left out whatever the rounding of |k|
+        inside = (ok > 0) & (k2 < (config.k_cutoff * (1.0 - 1e-12)) ** 2)
+        knorm = jnp.sqrt(jnp.where(inside, k2, 1.0))
+        k_safe = jnp.where(inside[:, None], k, jnp.asarray([0.0, 0.0, 1.0], dtype))
+        fhat = jnp.where(inside, density_fourier(knorm, config.exponent, config.smearing), 0.0)
+        radial = _radial_integrals(config, knorm)  # (Kc, L+1, n)
+        ylm = real_spherical_harmonics(k_safe, config.max_angular)  # (Kc, LM)
+        kern = fhat[:, None, None] * ylm[:, :, None] * radial[:, deg, :]  # (Kc, LM, n)
+        kc = (kern * sign_re[None, :, None]).reshape(k_chunk, -1)
+        ks = (kern * sign_im[None, :, None]).reshape(k_chunk, -1)
+        phase = positions @ k.T  # (N, Kc)
+        cos_p, sin_p = jnp.cos(phase), jnp.sin(phase)
+        s_cos, s_sin = onehot.T @ cos_p, onehot.T @ sin_p  # (A, Kc)
+        # z = exp(i k r_i) conj(S_a): coef_i = c_i.(C_a kc - S_a ks) + s_i.(S_a kc + C_a ks)
+        u = s_cos[:, :, None] * kc[None] - s_sin[:, :, None] * ks[None]  # (A, Kc, LMN)
+        w = s_sin[:, :, None] * kc[None] + s_cos[:, :, None] * ks[None]
+        u = jnp.transpose(u, (1, 0, 2)).reshape(k_chunk, -1)
+        w = jnp.transpose(w, (1, 0, 2)).reshape(k_chunk, -1)
+        return coef + cos_p @ u + sin_p @ w, None
+
+    coef0 = jnp.zeros((n_atoms, n_species * n_lm * n_rad), dtype)
+    coef, _ = jax.lax.scan(block, coef0, (jnp.asarray(blocks), jnp.asarray(valid, dtype)))
+    # (4 pi / V) and the half-space factor 2
+    coef = (8.0 * jnp.pi / volume) * coef.reshape(n_atoms, n_species, n_lm, n_rad)
     f0 = _density_fourier_zero(config.exponent, config.smearing)
     if f0 is not None:
         # k = 0: only l = 0, Y_00 = 1 / sqrt(4 pi), I_n0(0) = int r^2 R_n dr
