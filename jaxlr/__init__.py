@@ -1,6 +1,6 @@
 """jaxlr: long-range electrostatics for atomistic machine learning in JAX."""
 
-from jaxlr import cell, kernels, neighbors, qeq, units
+from jaxlr import cell, kernels, lode, neighbors, qeq, units
 from jaxlr._api import (
     PreparedEnergy,
     electrostatic_energy,
@@ -20,6 +20,7 @@ __all__ = [
     "electrostatic_potential",
     "energy_forces_stress",
     "kernels",
+    "lode",
     "neighbors",
     "prepare_energy",
     "qeq",
