@@ -22,6 +22,7 @@ import numpy as np
 
 from jaxlr.kernels.lode import (
     LodeConfig,
+    k_cutoff_for_accuracy,
     kvector_indices,
     lode_free,
     lode_periodic,
@@ -82,12 +83,24 @@ def prepare(
     potential_exponent=1,
     center_atom_weight=1.0,
     k_cutoff=None,
+    accuracy=None,
     k_margin=1.05,
 ):
     """Host preparation of a :class:`LodeCalculator` (arguments as
     :func:`spherical_expansion`; ``species_list`` required). For a periodic cell the
     k index set is sized to ``k_cutoff * k_margin`` for this cell; inside the
     calculator it is masked by the exact ``|k| < k_cutoff``."""
+    if accuracy is not None:
+        if k_cutoff is not None:
+            raise ValueError("pass k_cutoff or accuracy, not both")
+        k_cutoff = k_cutoff_for_accuracy(
+            int(max_radial),
+            int(max_angular),
+            float(radius),
+            float(smearing),
+            int(potential_exponent),
+            accuracy,
+        )
     config = LodeConfig(
         max_radial=int(max_radial),
         max_angular=int(max_angular),
@@ -125,6 +138,7 @@ def spherical_expansion(
     potential_exponent=1,
     center_atom_weight=1.0,
     k_cutoff=None,
+    accuracy=None,
     species_list=None,
 ):
     """LODE spherical expansion coefficients.
@@ -139,7 +153,10 @@ def spherical_expansion(
       radius: GTO basis radius, Å.
       potential_exponent: p of the smeared 1/r^p density (0..6; 1 = Coulomb).
       center_atom_weight: weight of an atom's own density in its expansion.
-      k_cutoff: reciprocal cutoff (1/Å), default ``1.2 pi / smearing`` (featomic's).
+      k_cutoff: reciprocal cutoff (1/Å), default ``1.2 pi / smearing`` (featomic's,
+        ~2e-5 relative truncation for smearing 1, radius 4).
+      accuracy: instead of ``k_cutoff``, the relative truncation error to reach
+        (measured errors stay within ~2x of it; see docs/lode.md).
       species_list: atomic numbers, the order of the species axis (default: those
         present, ascending).
 
@@ -172,6 +189,7 @@ def spherical_expansion(
         potential_exponent=potential_exponent,
         center_atom_weight=center_atom_weight,
         k_cutoff=k_cutoff,
+        accuracy=accuracy,
     )
     k = calc.kindices
     fn = _compiled(

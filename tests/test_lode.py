@@ -351,3 +351,15 @@ def test_bad_input_names_the_argument():
         pytest.approx(1.2 * math.pi / 0.5)
     )
     assert callable(lode_free)
+
+
+def test_k_cutoff_from_accuracy():
+    pos, z, cell = triclinic()
+    hyp = dict(smearing=1.0, max_radial=3, max_angular=3, radius=4.0)
+    ref = np.asarray(jaxlr.lode.spherical_expansion(pos, z, cell, k_cutoff=12.0, **hyp))
+    for accuracy in (1e-4, 1e-8):
+        c = np.asarray(jaxlr.lode.spherical_expansion(pos, z, cell, accuracy=accuracy, **hyp))
+        error = np.abs(c - ref).max() / np.abs(ref).max()
+        assert accuracy / 30 < error < 3 * accuracy
+    with pytest.raises(ValueError, match="k_cutoff or accuracy"):
+        jaxlr.lode.spherical_expansion(pos, z, cell, accuracy=1e-6, k_cutoff=3.0, **hyp)

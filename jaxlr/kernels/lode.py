@@ -53,6 +53,7 @@ __all__ = [
     "lode_free",
     "power_spectrum",
     "kvector_indices",
+    "k_cutoff_for_accuracy",
 ]
 
 
@@ -345,6 +346,33 @@ def _radial_integrals_fast(config, k):
 
 def _lm_degree(max_angular):
     return np.concatenate([np.full(2 * l + 1, l) for l in range(max_angular + 1)])
+
+
+def k_cutoff_for_accuracy(max_radial, max_angular, radius, smearing, exponent, accuracy):
+    """Host: the reciprocal cutoff whose truncated tail is ``accuracy`` relative.
+
+    The k sum of a coefficient is ``(1 / (2 pi^2)) int k^2 fhat_p(k) I_nl(k) ... dk``
+    in the continuum limit; the tail beyond k_c is bounded by
+    ``T(k_c) = int_{k_c}^inf k^2 |fhat_p(k)| max_{l,n} |I_nl(k)| dk``. Returns the
+    smallest k_c (bisection) with ``T(k_c) <= accuracy T(0+)``, where for p = 1..3
+    the k -> 0 end is taken from 0.1 / radius (the k^(p-3) singularity is summed
+    exactly by the lattice)."""
+    if not (0.0 < accuracy < 1.0):
+        raise ValueError(f"accuracy must be in (0, 1), got {accuracy}")
+    probe = LodeConfig(max_radial, max_angular, radius, smearing, exponent, 1.0, 1.0)
+    r, weights, _ = probe.tables
+    from scipy.special import spherical_jn
+
+    k = np.linspace(0.1 / radius, 60.0 / min(smearing, radius / (max_radial + 1)), 6000)
+    j = np.stack([spherical_jn(l, np.outer(k, r)) for l in range(max_angular + 1)], 1)
+    i_max = np.abs(np.einsum("klg,ng->kln", j, weights)).reshape(len(k), -1).max(axis=1)
+    fhat = np.abs(np.asarray(density_fourier(jnp.asarray(k), exponent, smearing)))
+    integrand = k * k * fhat * i_max
+    tail = np.cumsum((integrand * np.gradient(k))[::-1])[::-1]
+    ok = tail <= accuracy * tail[0]
+    if not ok.any():
+        raise ValueError(f"accuracy {accuracy} is below what the k grid can resolve")
+    return float(k[np.argmax(ok)])
 
 
 # ------------------------------------------------------------------ periodic route
