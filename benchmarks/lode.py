@@ -63,17 +63,11 @@ def featomic_calc():
 
 
 def jaxlr_fns(pos, z, cell):
-    calc = jaxlr.lode.prepare(cell, species_list=(11, 17), **_prep_hypers())
+    calc = jaxlr.lode.prepare(cell, species_list=(11, 17), **HYPERS)
     weights = jnp.asarray(np.random.default_rng(1).normal(size=(2, 16, 6)))
     values = jax.jit(lambda p: calc(p, z, cell))
     forces = jax.jit(jax.value_and_grad(lambda p: jnp.sum(calc(p, z, cell) * weights[None])))
     return values, forces
-
-
-def _prep_hypers():
-    h = dict(HYPERS)
-    h["potential_exponent"] = h.pop("potential_exponent")
-    return h
 
 
 def main():
@@ -138,7 +132,7 @@ def main():
         pos, z, cell = rocksalt(1)
         rng = np.random.default_rng(3)
         batch = np.stack([pos + rng.normal(0, 0.1, pos.shape) for _ in range(args.batch)])
-        calc = jaxlr.lode.prepare(cell * 1.02, species_list=(11, 17), **_prep_hypers())
+        calc = jaxlr.lode.prepare(cell * 1.02, species_list=(11, 17), **HYPERS)
         fn = jax.jit(jax.vmap(lambda p: calc(p, z, cell)))
         t_b = timed(lambda: fn(jnp.asarray(batch)), args.repeats)
         line = f"\nbatch of {args.batch} eight-atom cells: jaxlr {1e3 * t_b / args.batch:.2f} ms/structure"

@@ -35,6 +35,7 @@ jax.config.update("jax_enable_x64", True)
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 import scipy.linalg  # noqa: E402
+from _common import format_table as table  # noqa: E402
 
 import jaxlr  # noqa: E402
 from jaxlr.units import COULOMB  # noqa: E402
@@ -250,15 +251,6 @@ def float32_accuracy(sizes, accuracy):
             )
         )
     print(table(("N", "max |dq| (e)", "rms dq / std q", "residual", "CG its", "converged"), rows))
-
-
-def table(headers, rows):
-    rows = [tuple(str(x) for x in r) for r in rows]
-    widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(headers)]
-    out = [" | ".join(h.ljust(w) for h, w in zip(headers, widths))]
-    out.append("-|-".join("-" * w for w in widths))
-    out += [" | ".join(x.ljust(w) for x, w in zip(r, widths)) for r in rows]
-    return "\n".join(out)
 
 
 def main():

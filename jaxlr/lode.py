@@ -179,6 +179,9 @@ def spherical_expansion(
         raise ValueError(f"species must be ({len(pos)},) integers (atomic numbers), got {z.shape}")
     if species_list is None:
         species_list = sorted(set(z.tolist()))
+    unknown = sorted(set(z.tolist()) - set(int(x) for x in species_list))
+    if unknown:
+        raise ValueError(f"species {unknown} are not in species_list {tuple(species_list)}")
     calc = prepare(
         cell,
         smearing=smearing,

@@ -641,7 +641,7 @@ def _check_electrodes(positions, charges, electrode, potential, sigma):
     missing = sorted(set(range(n_groups)) - set(group[group >= 0].tolist()))
     if missing:
         raise ValueError(f"electrode: groups {missing} have no atoms (number groups 0..G-1)")
-    if jnp.shape(potential) not in ((), (n_groups,)):
+    if potential is not None and jnp.shape(potential) not in ((), (n_groups,)):
         raise ValueError(
             f"potential must be a scalar or one value per electrode group ({n_groups},), "
             f"got shape {jnp.shape(potential)}"
@@ -674,12 +674,11 @@ def prepare_constant_potential(
     neutral=True,
     accuracy=1e-8,
     kernel="ewald",
-    potential=0.0,
 ):
     """Host preparation of a constant-potential solver (arguments as
     :func:`constant_potential`; ``kernel`` "ewald" or "pme" for a periodic cell).
     Returns an :class:`ElectrodeSolver` whose ``.solve`` is pure."""
-    group, n_groups, sig = _check_electrodes(positions, charges, electrode, potential, sigma)
+    group, n_groups, sig = _check_electrodes(positions, charges, electrode, None, sigma)
     q = None
     if cell is not None:
         # tuning example: the electrolyte's charges, the electrodes' of the same size
@@ -749,7 +748,6 @@ def constant_potential(
         neutral=neutral,
         accuracy=accuracy,
         kernel=_kernel(method, len(group)),
-        potential=potential,
     )
     pos = jnp.asarray(positions)
     run = jax.jit(solver.solve, static_argnames=("method", "tol", "max_iter"))

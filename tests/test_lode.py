@@ -345,6 +345,8 @@ def test_bad_input_names_the_argument():
         jaxlr.lode.spherical_expansion(pos, z, cell, **{**hyp, "smearing": -1.0})
     with pytest.raises(ValueError, match="potential_exponent"):
         jaxlr.lode.spherical_expansion(pos, z, cell, potential_exponent=9, **hyp)
+    with pytest.raises(ValueError, match=r"species \[17\] are not in species_list"):
+        jaxlr.lode.spherical_expansion(pos, z, cell, species_list=(11,), **hyp)
     with pytest.raises(ValueError, match="cell"):
         jaxlr.lode.spherical_expansion(pos, z, np.zeros((3, 3)), **hyp)
     assert LodeConfig(max_radial=1, max_angular=1, radius=2.0, smearing=0.5).k_cutoff == (

@@ -44,7 +44,6 @@ from scipy.special import gammainc as _np_gammainc
 
 __all__ = [
     "LodeConfig",
-    "lode_config",
     "radial_basis",
     "real_spherical_harmonics",
     "spherical_bessel",
@@ -287,17 +286,15 @@ class LodeConfig:
         return r, weights, self_proj
 
 
-def lode_config(**kwargs):
-    return LodeConfig(**kwargs)
+def _host_radial_integrals(config, k):
+    """Host: (len(k), L+1, n) I_nl(k) = int r^2 R_n(r) j_l(k r) dr by Gauss-Legendre
+    in r (numpy; the reference the jit paths are built from)."""
+    from scipy.special import spherical_jn
 
-
-def _radial_integrals(config, k):
-    """(..., L+1, n) I_nl(k) = int r^2 R_n(r) j_l(k r) dr by Gauss-Legendre in r."""
     r, weights, _ = config.tables
-    j = spherical_bessel(
-        k[..., None] * jnp.asarray(r, k.dtype), config.max_angular
-    )  # (..., G, L+1)
-    return jnp.einsum("...gl,ng->...ln", j, jnp.asarray(weights, k.dtype))
+    k = np.asarray(k, np.float64)
+    j = np.stack([spherical_jn(l, np.outer(k, r)) for l in range(config.max_angular + 1)], 1)
+    return np.einsum("klg,ng->kln", j, weights)
 
 
 #: Chebyshev terms for the radial integrals on [0, 1.1 k_cutoff]; the error of
@@ -308,14 +305,10 @@ CHEBYSHEV_TERMS = 96
 def _radial_chebyshev(config, k_max, terms=None):
     """Host: Chebyshev coefficients of I_nl(k) on [0, k_max], from the exact
     quadrature at Chebyshev points; raises if the interpolant misses 1e-12."""
-    from scipy.special import spherical_jn
-
-    r, weights, _ = config.tables
     terms = CHEBYSHEV_TERMS if terms is None else terms
 
     def exact(k):
-        j = np.stack([spherical_jn(l, np.outer(k, r)) for l in range(config.max_angular + 1)], 1)
-        return np.einsum("klg,ng->kln", j, weights).reshape(len(k), -1)
+        return _host_radial_integrals(config, k).reshape(len(k), -1)
 
     for m in (terms, 2 * terms, 4 * terms):
         theta = np.pi * (np.arange(m) + 0.5) / m
@@ -360,12 +353,8 @@ def k_cutoff_for_accuracy(max_radial, max_angular, radius, smearing, exponent, a
     if not (0.0 < accuracy < 1.0):
         raise ValueError(f"accuracy must be in (0, 1), got {accuracy}")
     probe = LodeConfig(max_radial, max_angular, radius, smearing, exponent, 1.0, 1.0)
-    r, weights, _ = probe.tables
-    from scipy.special import spherical_jn
-
     k = np.linspace(0.1 / radius, 60.0 / min(smearing, radius / (max_radial + 1)), 6000)
-    j = np.stack([spherical_jn(l, np.outer(k, r)) for l in range(max_angular + 1)], 1)
-    i_max = np.abs(np.einsum("klg,ng->kln", j, weights)).reshape(len(k), -1).max(axis=1)
+    i_max = np.abs(_host_radial_integrals(probe, k)).reshape(len(k), -1).max(axis=1)
     fhat = np.abs(np.asarray(density_fourier(jnp.asarray(k), exponent, smearing)))
     integrand = k * k * fhat * i_max
     tail = np.cumsum((integrand * np.gradient(k))[::-1])[::-1]
@@ -494,7 +483,7 @@ def lode_free(positions, species_onehot, config: LodeConfig, mask=None):
     kq, wq = _free_kernel_grid(config)
     kq_j = jnp.asarray(kq, dtype)
     fhat = density_fourier(kq_j, config.exponent, config.smearing)
-    radial = _radial_integrals(config, kq_j)  # (Q, L+1, n)
+    radial = jnp.asarray(_host_radial_integrals(config, kq), dtype)  # (Q, L+1, n), fixed grid
     table = (
         (2.0 / jnp.pi)
         * jnp.asarray(wq * kq**2, dtype)[:, None, None]
