@@ -2,8 +2,11 @@
 
 A :class:`Batch` holds ``B`` structures padded to ``n_max`` atoms: padding atoms have
 atomic number 0, zero labels, ``mask`` False, and sit at the origin; padding
-structures (to fill the last batch) have ``weight`` 0. A few size buckets keep the
-number of distinct shapes, hence of compilations, small.
+structures (to fill the last batch) have ``weight`` 0. With a ``cutoff``, each
+structure also carries its host-built FULL neighbour list (each ordered pair once,
+integer cell shifts) padded to a fixed ``capacity``. A few size buckets keep the
+number of distinct shapes, hence of compilations, small; batches never mix
+molecules, 3D-periodic cells and slabs (models pick their electrostatics per kind).
 """
 
 from __future__ import annotations
@@ -14,7 +17,39 @@ import numpy as np
 
 from jaxlr.data._io import Frame
 
-__all__ = ["Batch", "pad", "unpad", "bucket_sizes", "batches", "split"]
+__all__ = [
+    "Batch",
+    "Buckets",
+    "kind",
+    "pair_counts",
+    "make_buckets",
+    "pad",
+    "unpad",
+    "bucket_sizes",
+    "batches",
+    "split",
+]
+
+KINDS = ("molecule", "periodic", "slab")
+
+
+def kind(frame: Frame) -> str:
+    """``"molecule"``, ``"periodic"`` (3D) or ``"slab"``."""
+    if not any(frame.pbc):
+        return "molecule"
+    return "periodic" if all(frame.pbc) else "slab"
+
+
+def _frame_pairs(frame: Frame, cutoff: float):
+    from jaxlr.neighbors import _host_pairs
+
+    cell = frame.cell if frame.periodic else None
+    return _host_pairs(frame.positions, float(cutoff), cell, tuple(frame.pbc), False)
+
+
+def pair_counts(frames, cutoff) -> np.ndarray:
+    """Number of ordered pairs within ``cutoff`` of each frame (host)."""
+    return np.array([len(_frame_pairs(f, cutoff)[0]) for f in frames], np.int64)
 
 
 class Batch(NamedTuple):
@@ -45,15 +80,37 @@ class Batch(NamedTuple):
     has_stress: np.ndarray
     has_charges: np.ndarray
     has_dipole: np.ndarray
+    pair_i: np.ndarray | None = None
+    pair_j: np.ndarray | None = None
+    pair_shifts: np.ndarray | None = None
+    pair_mask: np.ndarray | None = None
 
     @property
     def n_atoms(self):
         return self.mask.sum(axis=1)
 
+    @property
+    def kind(self) -> str:
+        """The structures' kind (a batch holds one): molecule, periodic or slab."""
+        real = np.asarray(self.weight) > 0
+        pbc = np.asarray(self.pbc)[real] if real.any() else np.asarray(self.pbc)[:1]
+        if not pbc.any():
+            return "molecule"
+        return "periodic" if pbc.all() else "slab"
 
-def pad(frames: list[Frame], n_max: int, batch_size: int | None = None) -> Batch:
+
+def pad(
+    frames: list[Frame],
+    n_max: int,
+    batch_size: int | None = None,
+    *,
+    cutoff: float | None = None,
+    capacity: int | None = None,
+) -> Batch:
     """Pad ``frames`` to ``n_max`` atoms each (and with empty structures to
-    ``batch_size``)."""
+    ``batch_size``); with ``cutoff`` (Å), add full neighbour lists padded to
+    ``capacity`` pairs per structure (default: the largest count among ``frames``;
+    a frame with more pairs than ``capacity`` raises)."""
     b = len(frames) if batch_size is None else batch_size
     if len(frames) > b:
         raise ValueError(f"{len(frames)} frames do not fit batch_size={b}")
@@ -77,6 +134,25 @@ def pad(frames: list[Frame], n_max: int, batch_size: int | None = None) -> Batch
     }
     for name in ("energy", "forces", "stress", "charges", "dipole"):
         out["has_" + name] = np.zeros(b)
+    if cutoff is not None:
+        lists = [_frame_pairs(f, cutoff) for f in frames]
+        need = max([len(p[0]) for p in lists], default=0)
+        cap = need if capacity is None else int(capacity)
+        if need > cap:
+            raise ValueError(
+                f"a frame has {need} pairs within cutoff={cutoff}, more than capacity={cap}"
+            )
+        out["pair_i"] = np.zeros((b, cap), np.int32)
+        out["pair_j"] = np.zeros((b, cap), np.int32)
+        out["pair_shifts"] = np.zeros((b, cap, 3), np.int32)
+        out["pair_mask"] = np.zeros((b, cap), bool)
+        for k, (i, j, shifts) in enumerate(lists):
+            p = len(i)
+            out["pair_i"][k, :p], out["pair_j"][k, :p] = i, j
+            out["pair_shifts"][k, :p], out["pair_mask"][k, :p] = shifts, True
+    if frames and frames[0].cell is not None:  # empty structures get a valid cell
+        out["cell"][len(frames) :] = frames[0].cell
+        out["pbc"][len(frames) :] = frames[0].pbc
     for k, f in enumerate(frames):
         n = f.n_atoms
         out["positions"][k, :n] = f.positions
@@ -141,33 +217,74 @@ def bucket_sizes(n_atoms, n_buckets=3, multiple=4):
     return tuple(sizes)
 
 
+class Buckets(NamedTuple):
+    """Static padding plan: atom counts ``sizes``, the neighbour ``cutoff`` (or None)
+    and the pair ``capacities`` per ``(kind, size)``."""
+
+    sizes: tuple
+    cutoff: float | None = None
+    capacities: dict | None = None
+
+    def key(self, frame: Frame, index: int = 0):
+        fit = [s for s in self.sizes if s >= frame.n_atoms]
+        if not fit:
+            raise ValueError(
+                f"frame {index} has {frame.n_atoms} atoms, more than the largest bucket "
+                f"({max(self.sizes)})"
+            )
+        return kind(frame), fit[0]
+
+
+def make_buckets(frames, cutoff=None, n_buckets=3, multiple=4, pair_multiple=32) -> Buckets:
+    """Host: sizes by :func:`bucket_sizes` and, with ``cutoff``, the pair capacity of
+    each ``(kind, size)`` bucket (its largest count, rounded up to ``pair_multiple``)."""
+    sizes = bucket_sizes([f.n_atoms for f in frames], n_buckets, multiple)
+    if cutoff is None:
+        return Buckets(sizes)
+    plan = Buckets(sizes, float(cutoff), {})
+    counts = pair_counts(frames, cutoff)
+    caps = {}
+    for i, f in enumerate(frames):
+        key = plan.key(f, i)
+        caps[key] = max(caps.get(key, 0), int(counts[i]))
+    caps = {k: max(pair_multiple, -(-v // pair_multiple) * pair_multiple) for k, v in caps.items()}
+    return Buckets(sizes, float(cutoff), caps)
+
+
 def batches(frames, batch_size, sizes=None, *, shuffle=False, seed=0):
     """Yield fixed-shape :class:`Batch` es: each frame goes to the smallest bucket
-    that fits it; batches never mix buckets; the last batch of a bucket is filled
-    with empty structures (weight 0). With ``shuffle``, the order within and across
-    buckets is drawn from ``seed`` (reproducible)."""
+    that fits it (``sizes`` a tuple of atom counts or a :class:`Buckets` plan, which
+    also adds neighbour lists); batches never mix buckets nor kinds (molecule,
+    periodic, slab); the last batch of a bucket is filled with empty structures
+    (weight 0). With ``shuffle``, the order within and across buckets is drawn from
+    ``seed`` (reproducible)."""
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     if sizes is None:
         sizes = bucket_sizes([f.n_atoms for f in frames])
-    sizes = tuple(sorted(sizes))
-    groups = {s: [] for s in sizes}
+    plan = sizes if isinstance(sizes, Buckets) else Buckets(tuple(sorted(sizes)))
+    plan = plan._replace(sizes=tuple(sorted(plan.sizes)))
+    groups = {}
     for i, f in enumerate(frames):
-        fit = [s for s in sizes if s >= f.n_atoms]
-        if not fit:
-            raise ValueError(f"frame {i} has {f.n_atoms} atoms, more than the largest bucket")
-        groups[fit[0]].append(i)
+        groups.setdefault(plan.key(f, i), []).append(i)
     rng = np.random.default_rng(seed)
     chunks = []
-    for s in sizes:
-        idx = np.asarray(groups[s])
+    for key in sorted(groups, key=lambda k: (KINDS.index(k[0]), k[1])):
+        idx = np.asarray(groups[key])
         if shuffle:
             idx = rng.permutation(idx)
-        chunks += [(s, idx[k : k + batch_size]) for k in range(0, len(idx), batch_size)]
+        chunks += [(key, idx[k : k + batch_size]) for k in range(0, len(idx), batch_size)]
     order = rng.permutation(len(chunks)) if shuffle else np.arange(len(chunks))
     for c in order:
-        s, idx = chunks[c]
-        yield pad([frames[i] for i in idx], s, batch_size)
+        key, idx = chunks[c]
+        capacity = None
+        if plan.cutoff is not None:
+            capacity = (plan.capacities or {}).get(key)
+            if capacity is None:  # a bucket the plan never saw: size it from this batch
+                capacity = int(pair_counts([frames[i] for i in idx], plan.cutoff).max())
+        yield pad(
+            [frames[i] for i in idx], key[1], batch_size, cutoff=plan.cutoff, capacity=capacity
+        )
 
 
 def split(n, fractions=(0.8, 0.1, 0.1), seed=0):

@@ -250,7 +250,8 @@ def label_frames(frames: Iterable[Atoms], **kw) -> list[Atoms]:
     for i, frame in enumerate(frames):
         _check_atoms(frame, name=f"frames[{i}]")
         q = _total_charge(frame, kw.get("charge"))
-        labels = label(frame, **{**kw, "charge": q})
+        with _single_openmp_thread():  # bitwise reproducible labels
+            labels = label(frame, **{**kw, "charge": q})
         new = _strip_labels(frame)
         new.info["charge"] = q
         new.info["REF_energy"] = labels["energy"]
@@ -273,6 +274,7 @@ def sample(
     displacement: float = 0.05,
     seed: int = 0,
     charge: float | None = None,
+    max_iterations: int = 250,
 ) -> list[Atoms]:
     """Sample configurations by short GFN2-xTB Langevin dynamics.
 
@@ -300,6 +302,7 @@ def sample(
             (>= 0; 0 disables it).
         seed: seed of the numpy random Generator.
         charge: total charge in e; defaults to ``atoms.info.get("charge", 0.0)``.
+        max_iterations: SCC iterations allowed per force call.
 
     Returns:
         list of ``n_frames`` unlabelled :class:`ase.Atoms` copies (same species,
@@ -327,7 +330,8 @@ def sample(
     rng_md = np.random.default_rng(md_seed)
     rng_disp = np.random.default_rng(disp_seed)
 
-    calc = _make_calculator(atoms, q, "GFN2-xTB", 1.0, 250)
+    _check_settings("GFN2-xTB", 1.0, max_iterations)
+    calc = _make_calculator(atoms, q, "GFN2-xTB", 1.0, int(max_iterations))
     lattice = np.asarray(atoms.cell.array, dtype=float) / Bohr if atoms.pbc.any() else None
     res = None
 
