@@ -24,17 +24,21 @@ parser.add_argument("--batch-size", type=int, default=16)
 args = parser.parse_args()
 jax.config.update("jax_enable_x64", args.dtype == "float64")
 
+from benchmarks._common import format_table  # noqa: E402
 from jaxlr import train  # noqa: E402
 from jaxlr.data import datasets  # noqa: E402
-from benchmarks._common import format_table  # noqa: E402
 
 
 def throughput(name, model):
     frames = datasets.load(name)
     folder = tempfile.mkdtemp()
     try:
-        cfg = {"model": model, "epochs": args.epochs + 1, "batch_size": args.batch_size,
-               "patience": 1000}
+        cfg = {
+            "model": model,
+            "epochs": args.epochs + 1,
+            "batch_size": args.batch_size,
+            "patience": 1000,
+        }
         t0 = time.perf_counter()
         r = train.fit(frames, cfg, folder + "/run", progress=False)
         total = time.perf_counter() - t0
@@ -57,7 +61,12 @@ for name in ("nacl_clusters", "random_charges"):
         rows.append([name, model, f"{rate:.0f}", f"{first:.1f}", f"{total:.0f}"])
         print(rows[-1], flush=True)
 device = f"{jax.devices()[0].platform} x{len(jax.devices())}"
-print(f"\ntraining throughput ({device}, {args.dtype}, batch {args.batch_size}; epoch time "
-      "includes validation)")
-print(format_table(["dataset", "model", "structures/s", "first epoch (s, compiles)",
-                    "total (s)"], rows))
+print(
+    f"\ntraining throughput ({device}, {args.dtype}, batch {args.batch_size}; epoch time "
+    "includes validation)"
+)
+print(
+    format_table(
+        ["dataset", "model", "structures/s", "first epoch (s, compiles)", "total (s)"], rows
+    )
+)

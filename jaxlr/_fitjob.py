@@ -38,21 +38,22 @@ def load_data(spec: str):
         raise SystemExit(f"--data: {err}") from err
 
 
-def table(rows: dict[str, dict], columns=None) -> str:
+def table(rows: dict[str, dict]) -> str:
     """A text table of RMSE / MAE per property for each named metrics dict."""
     names = list(rows)
     props = [p for p in train.PROPERTIES if any(p in rows[n] for n in names)]
-    head = f"{'property':24s}" + "".join(f"{n + ' MAE':>18s}{n + ' RMSE':>18s}" for n in names)
+    w = max([14] + [len(n) + 6 for n in names])
+    head = f"{'property':20s}" + "".join(f"{n + ' MAE':>{w}s}{n + ' RMSE':>{w}s}" for n in names)
     lines = [head, "-" * len(head)]
     for p in props:
         unit, factor = train.PROPERTIES[p]
-        line = f"{p + ' (' + unit + ')':24s}"
+        line = f"{p + ' (' + unit + ')':20s}"
         for n in names:
             m = rows[n].get(p)
             if m is None:
-                line += f"{'-':>18s}{'-':>18s}"
+                line += f"{'-':>{w}s}{'-':>{w}s}"
             else:
-                line += f"{m['mae'] * factor:18.3f}{m['rmse'] * factor:18.3f}"
+                line += f"{m['mae'] * factor:{w}.3f}{m['rmse'] * factor:{w}.3f}"
         lines.append(line)
     return "\n".join(lines)
 
@@ -62,12 +63,8 @@ def path_check(models: dict, out: Path):
     against GFN2-xTB, relative to the first point; a plot ``path.png`` and the RMSE
     (meV) per model."""
     frames = datasets.load("nacl_path")
-    import ase.io
-
-    distances = [
-        float(a.info["path_distance"])
-        for a in ase.io.read(datasets.path("nacl_path"), index=":", format="extxyz")
-    ]
+    start = frames[0].positions
+    distances = [float(np.linalg.norm(f.positions - start, axis=1).max()) for f in frames]
     ref = np.array([f.energy for f in frames])
     ref = ref - ref[0]
     curves, rmse = {}, {}

@@ -103,7 +103,7 @@ class TrainConfig:
     clip_norm: float = 10.0
     weights: dict = dataclasses.field(
         default_factory=lambda: {
-            "energy": 10.0,
+            "energy": 100.0,
             "forces": 1.0,
             "stress": 100.0,
             "charges": 100.0,

@@ -305,7 +305,9 @@ np.save(sys.argv[2] + ".npy", np.concatenate([np.ravel(x) for x in leaves]))
             cwd=Path(__file__).parents[1],
         )
         results.append(np.load(str(out) + ".npy"))
-    np.testing.assert_allclose(results[0], results[1], rtol=1e-9, atol=1e-12)
+    # Adam divides by sqrt(v): parameters whose gradients are pure rounding noise
+    # move by up to ~lr * 1e-5 differently; a wrong reduction would differ by ~lr
+    np.testing.assert_allclose(results[0], results[1], rtol=0, atol=1e-6)
 
 
 @pytest.mark.slow

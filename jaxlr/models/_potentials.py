@@ -114,7 +114,7 @@ class ShortRange(nnx.Module):
     def __init__(
         self,
         features=32,
-        n_layers=2,
+        n_layers=1,
         cutoff=5.0,
         n_basis=12,
         hidden=32,
