@@ -244,6 +244,11 @@ def _report(summary, cfg, names):
         lines.append(
             f"charges vs reference: R^2 = {q['r2']:.3f} (squared Pearson {q['pearson_r2']:.3f})"
         )
+        if q["mae_up_to_sign"] < q["mae"]:
+            lines.append(
+                f"charges MAE up to the global sign (q -> -q leaves a neutral structure's "
+                f"energy unchanged): {q['mae_up_to_sign'] * 1e3:.1f} me"
+            )
     if "path" in summary:
         lines.append("")
         lines.append(

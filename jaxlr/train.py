@@ -778,6 +778,11 @@ def metrics_from(predictions, frames) -> dict:
         pq = np.concatenate([a for a, _ in both])
         rq = np.concatenate([b for _, b in both])
         out["charges"]["r2"] = float(1 - np.sum((pq - rq) ** 2) / np.sum((rq - rq.mean()) ** 2))
+        # latent charges of neutral structures are defined up to a global sign
+        flip = -pq
+        out["charges"]["mae_up_to_sign"] = float(
+            min(np.mean(np.abs(pq - rq)), np.mean(np.abs(flip - rq)))
+        )
         out["charges"]["pearson_r2"] = float(np.corrcoef(pq, rq)[0, 1] ** 2)
     return out
 
