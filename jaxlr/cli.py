@@ -1,10 +1,12 @@
-"""Command line: ``jaxlr energy FILE`` (and, later, ``jaxlr fit``)."""
+"""Command line: ``jaxlr fit`` (the main job), ``jaxlr evaluate RUN --data FILE``,
+``jaxlr energy FILE``."""
 
 from __future__ import annotations
 
 import argparse
 import json
 import sys
+from pathlib import Path
 
 import numpy as np
 
@@ -100,6 +102,55 @@ def energy_command(args) -> int:
     return 0
 
 
+def _x64(args):
+    import jax
+
+    jax.config.update("jax_enable_x64", args.dtype == "float64")
+
+
+def fit_command(args) -> int:
+    _x64(args)
+    from jaxlr import _fitjob, train
+
+    config = None
+    if args.config:
+        try:
+            with open(args.config) as handle:
+                config = json.load(handle)
+        except (OSError, json.JSONDecodeError) as err:
+            raise SystemExit(f"jaxlr fit: --config {args.config!r}: {err}") from err
+        if not isinstance(config, dict):
+            raise SystemExit(f"jaxlr fit: --config {args.config!r} must hold a JSON object")
+    try:
+        summary = _fitjob.run_fit(
+            data=args.data,
+            model=args.model,
+            config=config,
+            epochs=args.epochs,
+            out=args.out,
+            seed=args.seed,
+            baseline=not args.no_baseline,
+            progress=not args.quiet,
+            resume=args.resume,
+            max_frames=args.max_frames,
+        )
+    except train.TrainingDiverged as err:
+        raise SystemExit(f"jaxlr fit: {err}") from err
+    except (ValueError, FileExistsError, FileNotFoundError, train.CheckpointError) as err:
+        raise SystemExit(f"jaxlr fit: {err}") from err
+    print((Path(summary["run"]) / "report.txt").read_text())
+    print(f"run folder: {summary['run']}")
+    return 0
+
+
+def evaluate_command(args) -> int:
+    _x64(args)
+    from jaxlr import _fitjob
+
+    _fitjob.run_evaluate(args.run, args.data, out=args.out, which=args.which)
+    return 0
+
+
 def build_parser():
     parser = argparse.ArgumentParser(prog="jaxlr", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -117,6 +168,40 @@ def build_parser():
     p.add_argument("--index", default="-1", help="which frame of a trajectory (ASE index)")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(func=energy_command)
+
+    f = sub.add_parser("fit", help="train a long-range model (the main job)")
+    f.add_argument(
+        "--data",
+        default="nacl_clusters",
+        help="extxyz file or shipped dataset name "
+        "(nacl_clusters, nacl_bulk, random_charges; default nacl_clusters)",
+    )
+    f.add_argument(
+        "--model",
+        default=None,
+        choices=["latent", "explicit", "short_range"],
+        help="model (default: latent, or the config file's)",
+    )
+    f.add_argument("--config", default=None, help="JSON file of TrainConfig fields")
+    f.add_argument("--epochs", type=int, default=None, help="maximum epochs (default 60)")
+    f.add_argument("--out", default=None, help="run folder (default runs/fit-DATE-TIME)")
+    f.add_argument("--seed", type=int, default=None, help="split, shuffle and init seed")
+    f.add_argument("--no-baseline", action="store_true", help="skip the ShortRange baseline")
+    f.add_argument("--resume", action="store_true", help="continue the run in --out")
+    f.add_argument("--max-frames", type=int, default=None, help="random subset of the data")
+    f.add_argument("--dtype", default="float64", choices=["float64", "float32"])
+    f.add_argument("--quiet", action="store_true", help="no progress bar")
+    f.set_defaults(func=fit_command)
+
+    e = sub.add_parser("evaluate", help="MAE / RMSE of a trained run on a dataset")
+    e.add_argument("run", help="run folder written by jaxlr fit")
+    e.add_argument("--data", required=True, help="extxyz file or shipped dataset name")
+    e.add_argument(
+        "--out", default=None, help="predictions extxyz (default RUN/predictions.extxyz)"
+    )
+    e.add_argument("--which", default="best", choices=["best", "last"])
+    e.add_argument("--dtype", default="float64", choices=["float64", "float32"])
+    e.set_defaults(func=evaluate_command)
     return parser
 
 

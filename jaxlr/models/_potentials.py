@@ -1,0 +1,257 @@
+"""Machine-learned potentials: a short-range baseline and local charge models.
+
+All three share one structure: a backbone (default :class:`PaiNN`) gives per-atom
+features; an MLP head gives atomic energies ``E_i = scale * MLP(s_i) + e_Z`` (``e_Z``
+per-element reference energies, set by the trainer from a least-squares fit).
+
+- :class:`ShortRange`: ``E = sum_i E_i`` (the local baseline).
+- :class:`ExplicitCharges`: a second head gives charges ``q_i``, constrained exactly
+  to the structure's total charge ``Q`` (``q_i = r_i - (sum_j r_j - Q) / n``), and
+  ``E = sum_i E_i + E_coul(q)``, the energy of Gaussian charges of width ``sigma``
+  through jaxlr's kernels (all pairs for molecules, Ewald for 3D cells). Trained
+  against ``REF_charges`` (and/or ``REF_dipole``).
+- :class:`LatentCharges`: the same model, its charges learned from energies and
+  forces alone (no charge labels in the loss).
+
+Calling a model on ONE padded structure::
+
+    out = model(positions, numbers, mask, pairs, cell, charge, electrostatics)
+
+returns ``{"energy": scalar eV, "charges": (N,) e or None}``; :func:`predict` adds
+forces (eV/Å), stress (eV/Å^3, cells) and the dipole (e·Å, molecules) by autodiff.
+``electrostatics`` is a static :class:`Electrostatics` (kind, Ewald config) made on
+the host by :func:`electrostatics_for`. :func:`pure` gives the pure function of
+``(state, positions, numbers, cell, pairs, ...)`` for jax-md and ``lax.scan``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from jaxlr.kernels.coulomb import coulomb_energy
+from jaxlr.kernels.ewald import EwaldConfig, ewald_energy
+from jaxlr.kernels.tuning import tune_ewald
+from jaxlr.models._painn import _MLP, PaiNN
+from jaxlr.neighbors import Pairs
+from jaxlr.units import COULOMB
+
+__all__ = [
+    "Electrostatics",
+    "electrostatics_for",
+    "ShortRange",
+    "ExplicitCharges",
+    "LatentCharges",
+    "MODELS",
+    "build",
+    "predict",
+    "pure",
+]
+
+MAX_NUMBER = 100
+
+
+@dataclasses.dataclass(frozen=True)
+class Electrostatics:
+    """Static electrostatics route for one batch kind: ``kind`` in {"molecule",
+    "periodic"}; ``ewald`` the :class:`EwaldConfig` for cells (its ``r_cut`` within
+    the batch's pair cutoff)."""
+
+    kind: str
+    ewald: EwaldConfig | None = None
+
+
+def electrostatics_for(frames, kind, *, sigma, cutoff, accuracy=1e-5) -> Electrostatics:
+    """Host: the route for ``frames`` of one ``kind``. For cells, the Ewald splitting
+    alpha makes the real-space error ``accuracy`` (relative, Gaussian charges of width
+    ``sigma``) at ``cutoff`` (the pair lists' cutoff), and ``k_max`` per axis covers
+    the largest cell among ``frames``."""
+    if kind == "molecule":
+        return Electrostatics("molecule")
+    if kind == "slab":
+        raise ValueError(
+            "the charge models do not take slab structures (pbc=(True, True, False)) yet; "
+            "use ShortRange or give molecules / 3D cells"
+        )
+    frames = [f for f in frames if all(f.pbc)]
+    if not frames:
+        raise ValueError("electrostatics_for: no periodic frames given")
+    lengths = np.array([np.linalg.norm(f.cell, axis=1) for f in frames])
+    ref = frames[int(np.argmax(lengths.prod(axis=1)))]
+    q = ref.charges if ref.charges is not None else np.where(ref.numbers % 2 == 0, 1.0, -1.0)
+    alpha = math.sqrt(-math.log(accuracy)) / float(cutoff)
+    cfg = tune_ewald(ref.positions, q, ref.cell, accuracy=accuracy, sigma=sigma, alpha=alpha)
+    ref_len = np.linalg.norm(ref.cell, axis=1)
+    k_max = np.max(np.ceil(np.asarray(cfg.k_max)[None, :] * lengths / ref_len[None, :]), axis=0)
+    cfg = EwaldConfig(alpha, float(cutoff), tuple(int(k) for k in k_max))
+    return Electrostatics("periodic", cfg)
+
+
+def _pairs(i, j, shifts, mask, cutoff):
+    return Pairs(i, j, shifts, mask, float(cutoff), False)
+
+
+class ShortRange(nnx.Module):
+    """Local baseline: ``E = sum_i (scale * MLP(s_i) + e_Z)`` on backbone features.
+
+    Args:
+      features, n_layers, cutoff, n_basis: the PaiNN backbone's (cutoff in Å).
+      hidden: width of the heads' hidden layer.
+      sigma: Gaussian charge width (Å) of the charge models.
+      seed: parameter initialisation seed.
+      backbone: optional nnx module with PaiNN's interface (replaces the default;
+        its feature width must equal ``features``).
+    """
+
+    has_charges = False
+    fits_charges = False
+
+    def __init__(
+        self,
+        features=32,
+        n_layers=1,
+        cutoff=5.0,
+        n_basis=12,
+        hidden=32,
+        sigma=1.0,
+        seed=0,
+        backbone=None,
+    ):
+        rngs = nnx.Rngs(seed)
+        self.hyper = dict(
+            features=int(features),
+            n_layers=int(n_layers),
+            cutoff=float(cutoff),
+            n_basis=int(n_basis),
+            hidden=int(hidden),
+            sigma=float(sigma),
+            seed=int(seed),
+        )
+        self.cutoff = float(cutoff)
+        self.sigma = float(sigma)
+        self.backbone = backbone or PaiNN(
+            features, n_layers, cutoff, n_basis, MAX_NUMBER, rngs=rngs
+        )
+        self.energy_head = _MLP((features, hidden, 1), rngs=rngs)
+        self.species_energy = nnx.Param(jnp.zeros(MAX_NUMBER + 1))
+        self.energy_scale = nnx.Param(jnp.ones(()))
+        if self.has_charges:
+            self.charge_head = _MLP((features, hidden, 1), rngs=rngs)
+            self.species_charge = nnx.Param(jnp.zeros(MAX_NUMBER + 1))
+
+    @property
+    def name(self) -> str:
+        return type(self).__name__
+
+    def features(self, positions, numbers, mask, pairs, cell):
+        s, _ = self.backbone(positions, numbers, mask, pairs, cell)
+        return s
+
+    def charges(self, s, numbers, mask, charge):
+        """(N,) charges summing exactly to ``charge`` over the real atoms."""
+        raw = self.charge_head(s)[:, 0] + self.species_charge[numbers]
+        raw = jnp.where(mask, raw, 0.0)
+        n = jnp.maximum(jnp.sum(mask), 1)
+        return jnp.where(mask, raw - (jnp.sum(raw) - charge) / n, 0.0)
+
+    def __call__(self, positions, numbers, mask, pairs, cell, charge, electrostatics):
+        dtype = positions.dtype
+        s = self.features(positions, numbers, mask, pairs, cell).astype(dtype)
+        atomic = self.energy_scale * self.energy_head(s)[:, 0] + self.species_energy[numbers]
+        energy = jnp.sum(jnp.where(mask, atomic, 0.0))
+        if not self.has_charges:
+            return {"energy": energy, "charges": None}
+        q = self.charges(s, numbers, mask, charge).astype(dtype)
+        return {
+            "energy": energy + coulomb(positions, q, mask, pairs, cell, self.sigma, electrostatics),
+            "charges": q,
+        }
+
+
+def coulomb(positions, q, mask, pairs, cell, sigma, electrostatics):
+    """Energy (eV) of Gaussian charges ``q`` (width ``sigma``) of one padded structure:
+    every real pair for a molecule, Ewald over ``pairs`` for a cell."""
+    if electrostatics.kind == "molecule":
+        n = positions.shape[0]
+        i, j = np.triu_indices(n, k=1)
+        i, j = jnp.asarray(i, jnp.int32), jnp.asarray(j, jnp.int32)
+        every = Pairs(i, j, jnp.zeros((len(i), 3), jnp.int32), mask[i] & mask[j], math.inf, True)
+        return coulomb_energy(positions, q, every, sigma=sigma, prefactor=COULOMB)
+    if electrostatics.kind == "periodic":
+        return ewald_energy(
+            positions, q, cell, pairs, config=electrostatics.ewald, sigma=sigma, prefactor=COULOMB
+        )
+    raise ValueError(f"unknown electrostatics kind {electrostatics.kind!r}")
+
+
+class ExplicitCharges(ShortRange):
+    """Short-range energy plus the Coulomb energy of predicted Gaussian charges, the
+    charges fit to reference charges and/or dipoles (see the module docstring)."""
+
+    has_charges = True
+    fits_charges = True
+
+
+class LatentCharges(ShortRange):
+    """As :class:`ExplicitCharges`, the charges learned from energies and forces only."""
+
+    has_charges = True
+    fits_charges = False
+
+
+MODELS = {"short_range": ShortRange, "explicit": ExplicitCharges, "latent": LatentCharges}
+
+
+def build(name: str, **hyper) -> ShortRange:
+    """A model by its name in :data:`MODELS` (``short_range``, ``explicit``,
+    ``latent``) or class name, with hyper-parameters as keyword arguments."""
+    by_class = {cls.__name__: cls for cls in MODELS.values()}
+    cls = MODELS.get(name) or by_class.get(name)
+    if cls is None:
+        raise ValueError(f"unknown model {name!r}; choose one of {', '.join(MODELS)}")
+    return cls(**hyper)
+
+
+def predict(model, positions, numbers, mask, pairs, cell, charge, electrostatics):
+    """Energy (eV), forces (N, 3) eV/Å, stress (3, 3) eV/Å^3 (zeros for molecules),
+    charges (N,) e (zeros without a charge head) and dipole (3,) e·Å (sum q_i r_i
+    about the origin; zeros for cells) of one padded structure."""
+    periodic = electrostatics.kind != "molecule"
+    eye = jnp.eye(3, dtype=positions.dtype)
+
+    def energy(pos, strain):
+        deform = eye + strain
+        c = cell @ deform if periodic else None
+        out = model(pos @ deform, numbers, mask, pairs, c, charge, electrostatics)
+        return out["energy"], out
+
+    (e, out), (de_dpos, de_deps) = jax.value_and_grad(energy, argnums=(0, 1), has_aux=True)(
+        positions, jnp.zeros((3, 3), positions.dtype)
+    )
+    forces = -jnp.where(mask[:, None], de_dpos, 0.0)
+    if periodic:
+        stress = de_deps / jnp.abs(jnp.linalg.det(cell))
+    else:
+        stress = jnp.zeros((3, 3), positions.dtype)
+    q = out["charges"]
+    if q is None:
+        q = jnp.zeros(positions.shape[0], positions.dtype)
+    dipole = jnp.zeros(3, positions.dtype) if periodic else jnp.sum(q[:, None] * positions, 0)
+    return {"energy": e, "forces": forces, "stress": stress, "charges": q, "dipole": dipole}
+
+
+def pure(model):
+    """``(fn, state)``: ``fn(state, positions, numbers, cell, pairs, mask, charge,
+    electrostatics) -> energy`` (eV), a pure function of the model's state."""
+    graphdef, state = nnx.split(model)
+
+    def fn(state, positions, numbers, cell, pairs, mask, charge, electrostatics):
+        m = nnx.merge(graphdef, state)
+        return m(positions, numbers, mask, pairs, cell, charge, electrostatics)["energy"]
+
+    return fn, state
