@@ -26,13 +26,15 @@ jaxlr's (ASE's) stress.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from jaxlr.units import COULOMB
 
-__all__ = ["coulomb_neighbor_list", "model_neighbor_list", "box_to_cell"]
+__all__ = ["coulomb_neighbor_list", "model_neighbor_list", "box_to_cell", "run"]
 
 
 def box_to_cell(box):
@@ -271,3 +273,258 @@ def model_neighbor_list(
     energy_fn.charges = lambda R, neighbor, **kw: outputs(R, neighbor, **kw)["charges"]
     energy_fn.cutoff = cutoff
     return neighbor_fn, energy_fn
+
+
+# ---------------------------------------------------------------------- driver
+
+#: fs per jax-md time unit with Å, eV and amu (Å sqrt(amu / eV))
+TIME_UNIT_FS = 10.180505710774743
+KB = 8.617333262e-5  # eV/K
+GPA = 1.0 / 160.21766208  # eV/Å^3 per GPa
+
+
+def _free_pairs(n):
+    """A static all-pairs 'neighbour list' for molecules (full list)."""
+    from jaxlr.neighbors import all_pairs
+
+    return all_pairs(n, half=False)
+
+
+def run(
+    model,
+    atoms,
+    *,
+    steps,
+    dt=1.0,
+    temperature=300.0,
+    ensemble="nve",
+    pressure=0.0,
+    field=None,
+    every=10,
+    out=None,
+    seed=0,
+    progress=True,
+    accuracy=1e-5,
+):
+    """Molecular dynamics of ``atoms`` (ASE) with a trained model in jax-md.
+
+    Args:
+      model: a :mod:`jaxlr.models` model (``jaxlr.train.load(run)``).
+      atoms: the starting structure; ``info["charge"]`` its total charge. Periodic
+        (3D) cells use :func:`model_neighbor_list`; molecules all pairs.
+      steps: MD steps; dt: time step (fs); temperature: K (initial velocities, and
+        the thermostat for ``nvt`` / ``npt``); ensemble: ``nve``, ``nvt`` (Nose-Hoover
+        chain) or ``npt`` (Nose-Hoover, isotropic, cells only) at ``pressure`` (GPa).
+      field: optional (3,) external field (V/Å) coupled as ``-sum_i q_i r_i . field``
+        (molecules with a charge model; cells need the polarization of the finite-field
+        work and raise).
+      every: steps between log lines / trajectory frames. out: folder for
+        ``thermo.csv``, ``trajectory.extxyz`` and ``energy.png`` (None: no files).
+
+    Returns:
+      dict with the thermo log (lists) and the final ASE atoms.
+    """
+    from jax_md import quantity, simulate, space
+
+    ensemble = ensemble.lower()
+    if ensemble not in ("nve", "nvt", "npt"):
+        raise ValueError(f"ensemble must be nve, nvt or npt, got {ensemble!r}")
+    if steps < 1 or every < 1:
+        raise ValueError(f"steps and every must be positive, got {steps}, {every}")
+    pbc = tuple(bool(p) for p in atoms.pbc)
+    periodic = all(pbc)
+    if any(pbc) and not periodic:
+        raise ValueError(f"atoms: pbc={pbc}; MD takes molecules or 3D cells")
+    if ensemble == "npt" and not periodic:
+        raise ValueError("npt needs a periodic cell")
+    numbers = np.asarray(atoms.numbers)
+    charge = float(atoms.info.get("charge", 0.0))
+    n = len(numbers)
+    dtype = jnp.asarray(1.0).dtype
+    if field is not None:
+        field = jnp.asarray(np.asarray(field, np.float64), dtype)
+        if field.shape != (3,):
+            raise ValueError(f"field must be 3 numbers (V/Å), got shape {field.shape}")
+        if periodic:
+            raise ValueError(
+                "a field in a periodic cell couples through the polarization (the finite-"
+                "field work); here only molecules take --field"
+            )
+        if not model.has_charges:
+            raise ValueError("a field needs a charge model (explicit or latent)")
+    if periodic:
+        cell = np.asarray(atoms.cell.array, np.float64)
+        box = jnp.asarray(cell.T, dtype)
+        displacement, shift = space.periodic_general(box)
+        neighbor_fn, energy_fn = model_neighbor_list(
+            model, displacement, box, numbers, total_charge=charge, accuracy=accuracy
+        )
+        R = jnp.asarray(atoms.get_scaled_positions(), dtype)
+        nbrs = neighbor_fn.allocate(R)
+    else:
+        from jaxlr.models import _potentials as pot
+
+        displacement, shift = space.free()
+        pairs = _free_pairs(n)
+        el = pot.Electrostatics("molecule")
+        numbers_j = jnp.asarray(numbers, jnp.int32)
+        mask = jnp.ones(n, bool)
+
+        def energy_fn(R, neighbor=None, **kw):
+            out = model(R, numbers_j, mask, pairs, None, jnp.asarray(charge, R.dtype), el)
+            e = out["energy"]
+            if field is not None:
+                e = e - jnp.sum(out["charges"][:, None] * R * field[None, :])
+            return e
+
+        neighbor_fn = None
+        R = jnp.asarray(atoms.positions, dtype)
+        nbrs = None
+    masses = jnp.asarray(atoms.get_masses(), dtype)
+    kT = KB * float(temperature)
+    dt_internal = float(dt) / TIME_UNIT_FS
+    if ensemble == "nve":
+        init, apply = simulate.nve(energy_fn, shift, dt_internal)
+    elif ensemble == "nvt":
+        init, apply = simulate.nvt_nose_hoover(energy_fn, shift, dt_internal, kT)
+    else:
+        init, apply = simulate.npt_nose_hoover(
+            energy_fn, shift, dt_internal, float(pressure) * GPA, kT
+        )
+    key = jax.random.PRNGKey(seed)
+    kw = {} if nbrs is None else {"neighbor": nbrs}
+    if ensemble == "npt":
+        state = init(key, R, box, mass=masses, **kw)
+    else:
+        state = init(key, R, kT=kT, mass=masses[:, None], **kw)
+
+    def current_box(state):
+        return simulate.npt_box(state) if ensemble == "npt" else (box if periodic else None)
+
+    def chunk(state, nbrs, k):
+        def body(_, carry):
+            state, nbrs = carry
+            kwargs = {} if nbrs is None else {"neighbor": nbrs}
+            state = apply(state, **kwargs)
+            if nbrs is not None:
+                b = current_box(state)
+                nbrs = (
+                    nbrs.update(state.position, box=b)
+                    if ensemble == "npt"
+                    else nbrs.update(state.position)
+                )
+            return state, nbrs
+
+        return jax.lax.fori_loop(0, k, body, (state, nbrs))
+
+    chunk = jax.jit(chunk, static_argnums=2)
+
+    def thermo(state, nbrs):
+        kwargs = {} if nbrs is None else {"neighbor": nbrs}
+        if ensemble == "npt":
+            kwargs["box"] = simulate.npt_box(state)
+        pot_e = float(energy_fn(state.position, **kwargs))
+        mass = state.mass
+        kin = float(quantity.kinetic_energy(momentum=state.momentum, mass=mass))
+        temp = 2.0 * kin / (3 * n * KB)
+        return pot_e, kin, temp
+
+    from tqdm.auto import tqdm
+
+    log = {
+        "step": [],
+        "time_fs": [],
+        "potential": [],
+        "kinetic": [],
+        "total": [],
+        "temperature": [],
+        "volume": [],
+    }
+    frames = []
+
+    def record(step, state, nbrs):
+        pot_e, kin, temp = thermo(state, nbrs)
+        b = current_box(state)
+        volume = float(abs(np.linalg.det(np.asarray(b)))) if b is not None else float("nan")
+        for k, v in zip(log, (step, step * dt, pot_e, kin, pot_e + kin, temp, volume)):
+            log[k].append(v)
+        frames.append(_to_atoms(atoms, state, b, pot_e, periodic))
+        if not np.isfinite(pot_e + kin):
+            raise FloatingPointError(
+                f"non-finite energy at step {step}; lower dt or check the model"
+            )
+
+    record(0, state, nbrs)
+    bar = tqdm(total=steps, desc="md", disable=not progress)
+    done = 0
+    while done < steps:
+        k = min(every, steps - done)
+        new_state, new_nbrs = chunk(state, nbrs, k)
+        if new_nbrs is not None and bool(new_nbrs.did_buffer_overflow):
+            # reallocate on the host from the last good state and redo the chunk
+            b = current_box(state)
+            nbrs = (
+                neighbor_fn.allocate(state.position, box=b)
+                if ensemble == "npt"
+                else neighbor_fn.allocate(state.position)
+            )
+            continue
+        state, nbrs = new_state, new_nbrs
+        done += k
+        record(done, state, nbrs)
+        bar.update(k)
+        bar.set_postfix(T=f"{log['temperature'][-1]:.0f} K", E=f"{log['total'][-1]:.4f}")
+    bar.close()
+    if out is not None:
+        _write_md(Path(out), log, frames)
+    return {"log": log, "atoms": frames[-1]}
+
+
+def _to_atoms(template, state, box, energy, periodic):
+    a = template.copy()
+    pos = np.asarray(state.position, np.float64)
+    if periodic:
+        cell = np.asarray(box, np.float64).T
+        a.set_cell(cell)
+        a.positions = pos @ cell
+    else:
+        a.positions = pos
+    a.info["MODEL_energy"] = energy
+    return a
+
+
+def _write_md(out, log, frames):
+    import csv
+    import os
+    import tempfile
+
+    import ase.io
+
+    out.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=out)
+    with os.fdopen(fd, "w", newline="") as handle:
+        w = csv.writer(handle)
+        w.writerow(list(log))
+        w.writerows(zip(*log.values()))
+    os.replace(tmp, out / "thermo.csv")
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".extxyz", dir=out)
+    with os.fdopen(fd, "w") as handle:
+        ase.io.write(handle, frames, format="extxyz")
+    os.replace(tmp, out / "trajectory.extxyz")
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (a1, a2) = plt.subplots(2, 1, figsize=(5, 5), sharex=True)
+    t = np.asarray(log["time_fs"])
+    a1.plot(t, np.asarray(log["total"]) - log["total"][0], label="total")
+    a1.plot(t, np.asarray(log["potential"]) - log["potential"][0], label="potential")
+    a1.set_ylabel("E - E(0) (eV)")
+    a1.legend(fontsize=7)
+    a2.plot(t, log["temperature"])
+    a2.set_ylabel("T (K)")
+    a2.set_xlabel("time (fs)")
+    fig.tight_layout()
+    fig.savefig(out / "energy.png", dpi=110)
+    plt.close(fig)

@@ -168,3 +168,67 @@ def test_model_adapter_equals_the_model():
     np.testing.assert_allclose(s, -ref["stress"], atol=1e-6)
     with pytest.raises(ValueError, match="half the smallest box height"):
         md.model_neighbor_list(model, displacement, jnp.asarray(frame.cell.T), frame.numbers)
+
+
+@pytest.mark.slow
+def test_jaxlr_md_runs_a_trained_model_with_a_field(tmp_path):
+    import ase.io
+
+    from jaxlr import train
+    from jaxlr.cli import main
+    from jaxlr.data import to_atoms
+
+    frames = datasets.load("nacl_clusters")[::50]
+    small = {"features": 8, "n_layers": 1, "n_basis": 6, "hidden": 8}
+    train.fit(
+        frames,
+        {"model": "latent", "model_args": small, "epochs": 1},
+        tmp_path / "run",
+        progress=False,
+    )
+    ase.io.write(tmp_path / "start.extxyz", to_atoms(frames[7]))
+    out = tmp_path / "md"
+    assert (
+        main(
+            [
+                "md",
+                str(tmp_path / "run"),
+                "--structure",
+                str(tmp_path / "start.extxyz"),
+                "--steps",
+                "40",
+                "--every",
+                "10",
+                "--ensemble",
+                "nvt",
+                "--field",
+                "0",
+                "0",
+                "0.01",
+                "--out",
+                str(out),
+                "--quiet",
+            ]
+        )
+        == 0
+    )
+    lines = (out / "thermo.csv").read_text().splitlines()
+    assert lines[0].startswith("step,time_fs,potential") and len(lines) == 6
+    traj = ase.io.read(out / "trajectory.extxyz", index=":")
+    assert len(traj) == 5 and (out / "energy.png").stat().st_size > 0
+    with pytest.raises(SystemExit, match="npt needs a periodic cell"):
+        main(
+            [
+                "md",
+                str(tmp_path / "run"),
+                "--structure",
+                str(tmp_path / "start.extxyz"),
+                "--steps",
+                "10",
+                "--ensemble",
+                "npt",
+                "--out",
+                str(out),
+                "--quiet",
+            ]
+        )
