@@ -69,6 +69,7 @@ class Calculator(_AseCalculator):
         self._list = None  # (reference positions, cell, numbers, i, j, shifts)
         self._electrostatics = {}
         self._cutoff = float(model.cutoff)
+        self._route_key = self._route_value = None
 
         def evaluate(state, positions, numbers, mask, i, j, shifts, pmask, cell, charge, el):
             self.compilations += 1  # runs only while tracing: one per compilation
@@ -142,6 +143,14 @@ class Calculator(_AseCalculator):
         return i, j, shifts
 
     def _route(self, frame, kind):
+        key = (kind, None if frame.cell is None else frame.cell.tobytes())
+        if key == self._route_key:  # same cell as last time: no host tuning
+            return self._route_value
+        value = self._new_route(frame, kind)
+        self._route_key, self._route_value = key, value
+        return value
+
+    def _new_route(self, frame, kind):
         from jaxlr.models import _potentials as pot
 
         cutoff = pot.pair_cutoff(self.model, [frame], self.accuracy)

@@ -206,8 +206,8 @@ def model_neighbor_list(
 
     Args:
       model_or_run: a :mod:`jaxlr.models` model or a run folder path.
-      displacement_fn, box, fractional_coordinates, dr_threshold,
-        capacity_multiplier: as :func:`coulomb_neighbor_list`.
+      displacement_fn: as :func:`coulomb_neighbor_list` (so are ``box``,
+        ``fractional_coordinates``, ``dr_threshold`` and ``capacity_multiplier``).
       species: (N,) atomic numbers.
       total_charge: the system's total charge (e) for charge models.
       accuracy: relative Ewald accuracy of the charge models.
