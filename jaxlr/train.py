@@ -620,6 +620,8 @@ def fit(
     t_train = 0.0
     first_epoch = counters["epoch"]
     for epoch in range(counters["epoch"], cfg.epochs):
+        if counters["bad_epochs"] >= cfg.patience:  # a resumed run that had stopped early
+            break
         total, losses = {}, []
         bar = tqdm(
             total=steps_per_epoch,

@@ -26,9 +26,8 @@ def _nacl(rep=3, rattle=0.1, triclinic=False, seed=0):
     return atoms, q
 
 
-@pytest.mark.parametrize("triclinic", [False, True])
-def test_coulomb_adapter_forces_and_stress_equal_jaxlr(triclinic):
-    atoms, q = _nacl(triclinic=triclinic)
+def test_coulomb_adapter_forces_and_stress_equal_jaxlr():
+    atoms, q = _nacl(triclinic=True)  # a triclinic box (the cubic one is its special case)
     cell = atoms.cell.array
     box = jnp.asarray(cell.T)
     displacement, shift = space.periodic_general(box)
@@ -136,7 +135,7 @@ def test_npt_runs_and_changes_the_box():
     init, apply = simulate.npt_nose_hoover(energy, shift, 1.0 / ASE_TIME, 0.0, 300 * 8.617e-5)
     state = init(jax.random.PRNGKey(0), R, box, mass=masses, nbrs_c=nc, nbrs_r=nr)
     step = jax.jit(lambda s, nc, nr: apply(s, nbrs_c=nc, nbrs_r=nr))
-    for _ in range(20):
+    for _ in range(10):
         state = step(state, nc, nr)
         b = simulate.npt_box(state)
         nc, nr = nc.update(state.position, box=b), nr.update(state.position, box=b)
