@@ -195,8 +195,9 @@ def run_fit(
     names = {cfg.model: main["model"].name}
     if baseline and cfg.model != "short_range":
         base_cfg = train.TrainConfig.from_dict({**cfg.to_dict(), "model": "short_range"})
+        base_resume = resume and (out / "baseline" / "config.json").exists()
         results["short_range"] = train.fit(
-            frames, base_cfg, out / "baseline", progress=progress, resume=resume
+            frames, base_cfg, out / "baseline", progress=progress, resume=base_resume
         )
         names["short_range"] = results["short_range"]["model"].name
     seconds = time.perf_counter() - t0

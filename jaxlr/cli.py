@@ -151,6 +151,54 @@ def evaluate_command(args) -> int:
     return 0
 
 
+def md_command(args) -> int:
+    _x64(args)
+    import ase.io
+
+    from jaxlr import md, train
+
+    try:
+        model = train.load(args.run)
+    except (train.CheckpointError, FileNotFoundError, ValueError) as err:
+        raise SystemExit(f"jaxlr md: {err}") from err
+    try:
+        atoms = ase.io.read(args.structure, index=args.index)
+    except Exception as err:  # ASE raises many kinds
+        raise SystemExit(f"jaxlr md: cannot read {args.structure!r}: {err}") from err
+    try:
+        train.check_species(model, [_frame_of(atoms)], source=args.structure)
+        result = md.run(
+            model,
+            atoms,
+            steps=args.steps,
+            dt=args.dt,
+            temperature=args.temperature,
+            ensemble=args.ensemble,
+            pressure=args.pressure,
+            field=args.field,
+            every=args.every,
+            out=args.out,
+            seed=args.seed,
+            progress=not args.quiet,
+        )
+    except (ValueError, FloatingPointError) as err:
+        raise SystemExit(f"jaxlr md: {err}") from err
+    log = result["log"]
+    drift = log["total"][-1] - log["total"][0]
+    print(
+        f"{args.steps} steps of {args.dt} fs ({args.ensemble}): "
+        f"final T {log['temperature'][-1]:.1f} K,"
+        f" total-energy change {drift:+.3e} eV; files in {args.out}"
+    )
+    return 0
+
+
+def _frame_of(atoms):
+    from jaxlr.data import Frame
+
+    return Frame(atoms.positions, atoms.numbers)
+
+
 def build_parser():
     parser = argparse.ArgumentParser(prog="jaxlr", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -202,6 +250,30 @@ def build_parser():
     e.add_argument("--which", default="best", choices=["best", "last"])
     e.add_argument("--dtype", default="float64", choices=["float64", "float32"])
     e.set_defaults(func=evaluate_command)
+
+    m = sub.add_parser("md", help="molecular dynamics with a trained model (jax-md)")
+    m.add_argument("run", help="run folder written by jaxlr fit")
+    m.add_argument("--structure", required=True, help="starting structure (any ASE format)")
+    m.add_argument("--index", default="0", help="frame of a trajectory file (ASE index)")
+    m.add_argument("--steps", type=int, default=1000)
+    m.add_argument("--dt", type=float, default=1.0, help="time step (fs)")
+    m.add_argument("--temperature", type=float, default=300.0, help="K")
+    m.add_argument("--ensemble", default="nve", choices=["nve", "nvt", "npt"])
+    m.add_argument("--pressure", type=float, default=0.0, help="GPa (npt)")
+    m.add_argument(
+        "--field",
+        type=float,
+        nargs=3,
+        default=None,
+        metavar=("X", "Y", "Z"),
+        help="external field (V/Å), molecules with a charge model",
+    )
+    m.add_argument("--every", type=int, default=10, help="steps between log lines / frames")
+    m.add_argument("--out", default="md", help="folder for thermo.csv, trajectory, plot")
+    m.add_argument("--seed", type=int, default=0)
+    m.add_argument("--dtype", default="float64", choices=["float64", "float32"])
+    m.add_argument("--quiet", action="store_true")
+    m.set_defaults(func=md_command)
     return parser
 
 

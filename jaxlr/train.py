@@ -424,8 +424,8 @@ def _initialise(model, frames, species):
         model.species_charge[...] = jnp.asarray(q, model.species_charge[...].dtype)
 
 
-def _electrostatics(model, frames, accuracy):
-    """Static route per kind present in ``frames``."""
+def _electrostatics(model, frames, accuracy, cutoff):
+    """Static route per kind present in ``frames`` (``cutoff``: the pair lists')."""
     kinds = sorted({_data.kind(f) for f in frames})
     if not model.has_charges:
         return {
@@ -437,7 +437,7 @@ def _electrostatics(model, frames, accuracy):
             [f for f in frames if _data.kind(f) == k],
             k,
             sigma=model.sigma,
-            cutoff=model.cutoff,
+            cutoff=cutoff,
             accuracy=accuracy,
         )
     return out
@@ -492,8 +492,9 @@ class _Setup:
         self.cfg = cfg
         self.model = _pot.build(cfg.model, **cfg.model_args)
         self.species = species or _species(frames)
-        self.buckets = _data.make_buckets(frames, self.model.cutoff, cfg.n_buckets)
-        self.electrostatics = _electrostatics(self.model, frames, cfg.accuracy)
+        self.cutoff = _pot.pair_cutoff(self.model, frames, cfg.accuracy)
+        self.buckets = _data.make_buckets(frames, self.cutoff, cfg.n_buckets)
+        self.electrostatics = _electrostatics(self.model, frames, cfg.accuracy, self.cutoff)
         self.n_devices, self.data_sharding, self.replicated = _mesh_sharding()
         self.batch_size = -(-cfg.batch_size // self.n_devices) * self.n_devices
         self.dtype = jnp.asarray(1.0).dtype
@@ -592,7 +593,7 @@ def fit(
     graphdef, params = nnx.split(model)
     params = jax.device_put(params, setup.replicated)
     opt_state = jax.device_put(tx.init(params), setup.replicated)
-    trainer = _Trainer(graphdef, tx, weights, model.cutoff, setup.data_sharding)
+    trainer = _Trainer(graphdef, tx, weights, setup.cutoff, setup.data_sharding)
     counters = {"epoch": 0, "step": 0, "bad_epochs": 0, "best_val": math.inf}
     history = []
     ckpt = out / "checkpoints"
@@ -619,6 +620,8 @@ def fit(
     t_train = 0.0
     first_epoch = counters["epoch"]
     for epoch in range(counters["epoch"], cfg.epochs):
+        if counters["bad_epochs"] >= cfg.patience:  # a resumed run that had stopped early
+            break
         total, losses = {}, []
         bar = tqdm(
             total=steps_per_epoch,
@@ -715,11 +718,12 @@ def predict_frames(model, frames, *, batch_size=16, accuracy=1e-5):
         return []
     n_devices, data_sharding, replicated = _mesh_sharding()
     batch_size = -(-batch_size // n_devices) * n_devices
-    buckets = _data.make_buckets(frames, model.cutoff, 2)
-    electrostatics = _electrostatics(model, frames, accuracy)
+    cutoff = _pot.pair_cutoff(model, frames, accuracy)
+    buckets = _data.make_buckets(frames, cutoff, 2)
+    electrostatics = _electrostatics(model, frames, accuracy, cutoff)
     dtype = jnp.asarray(1.0).dtype
     graphdef, params = nnx.split(model)
-    trainer = _Trainer(graphdef, None, {}, model.cutoff, data_sharding)
+    trainer = _Trainer(graphdef, None, {}, cutoff, data_sharding)
     params = jax.device_put(params, replicated)
     groups = {}
     for k, f in enumerate(frames):

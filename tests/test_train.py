@@ -29,8 +29,9 @@ def charges_set():
     return datasets.load("random_charges")
 
 
-def _one(model, frame, cutoff=5.0, electrostatics=None, capacity=None):
+def _one(model, frame, electrostatics=None, capacity=None):
     """Arguments of model(...) for one unpadded frame."""
+    cutoff = models.pair_cutoff(model, [frame])
     batch = data.pad([frame], frame.n_atoms, cutoff=cutoff, capacity=capacity)
     pairs = Pairs(
         jnp.asarray(batch.pair_i[0]),

@@ -191,13 +191,13 @@ def label(
 
         - ``"energy"``: float, total energy in eV;
         - ``"forces"``: (N, 3) array, eV/Å (minus the energy gradient);
-        - ``"charges"``: (N,) array, Mulliken partial charges in e (they sum to
-          the total charge);
-        - ``"dipole"``: (3,) array, tblite's molecular dipole in e·Å, taken about
-          the coordinate origin (origin-dependent for charged systems, and not a
-          well-defined bulk quantity for periodic ones);
+        - ``"charges"``: (N,) array, Mulliken partial charges in e (they sum
+            to the total charge);
+        - ``"dipole"``: (3,) array, tblite's molecular dipole in e·Å, taken
+            about the coordinate origin (origin-dependent for charged systems,
+            and not a well-defined bulk quantity for periodic ones);
         - ``"stress"``: (3, 3) array in eV/Å^3, ASE sign convention
-          ``sigma = (1/V) dE/d(strain)``; present only when ``atoms.pbc.any()``.
+            ``sigma = (1/V) dE/d(strain)``; present only when ``atoms.pbc.any()``.
 
     Raises:
         ImportError: if tblite is not installed.

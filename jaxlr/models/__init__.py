@@ -10,6 +10,7 @@ from jaxlr.models._potentials import (
     ShortRange,
     build,
     electrostatics_for,
+    pair_cutoff,
     predict,
     pure,
 )
@@ -25,6 +26,7 @@ __all__ = [
     "ShortRange",
     "build",
     "electrostatics_for",
+    "pair_cutoff",
     "predict",
     "pure",
 ]

@@ -44,6 +44,7 @@ from jaxlr.units import COULOMB
 __all__ = [
     "Electrostatics",
     "electrostatics_for",
+    "pair_cutoff",
     "ShortRange",
     "ExplicitCharges",
     "LatentCharges",
@@ -69,8 +70,8 @@ class Electrostatics:
 def electrostatics_for(frames, kind, *, sigma, cutoff, accuracy=1e-5) -> Electrostatics:
     """Host: the route for ``frames`` of one ``kind``. For cells, the Ewald splitting
     alpha makes the real-space error ``accuracy`` (relative, Gaussian charges of width
-    ``sigma``) at ``cutoff`` (the pair lists' cutoff), and ``k_max`` per axis covers
-    the largest cell among ``frames``."""
+    ``sigma``) at ``cutoff`` (the pair lists' cutoff, see :func:`pair_cutoff`), and
+    ``k_max`` per axis covers the largest cell among ``frames``."""
     if kind == "molecule":
         return Electrostatics("molecule")
     if kind == "slab":
@@ -92,8 +93,16 @@ def electrostatics_for(frames, kind, *, sigma, cutoff, accuracy=1e-5) -> Electro
     return Electrostatics("periodic", cfg)
 
 
-def _pairs(i, j, shifts, mask, cutoff):
-    return Pairs(i, j, shifts, mask, float(cutoff), False)
+def pair_cutoff(model, frames=(), accuracy=1e-5) -> float:
+    """Host: the neighbour-list cutoff (Å) a model needs on ``frames``: its own
+    ``cutoff``, or, for a charge model on 3D cells, also the Ewald real-space range
+    of its Gaussian charges, ``2 sigma sqrt(-ln accuracy)`` (the screened term
+    ``erfc(r / (2 sigma)) / r`` must have died out, else the energy jumps as pairs
+    cross the cutoff)."""
+    cut = float(model.cutoff)
+    if model.has_charges and any(all(f.pbc) for f in frames):
+        cut = max(cut, 2.0 * model.sigma * math.sqrt(-math.log(accuracy)))
+    return cut
 
 
 class ShortRange(nnx.Module):

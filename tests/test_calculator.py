@@ -1,0 +1,89 @@
+"""The ASE calculator: derivatives, caching, compilations, errors."""
+
+import numpy as np
+import pytest
+from ase.calculators.fd import FiniteDifferenceCalculator
+
+from jaxlr import models
+from jaxlr.calculator import Calculator
+from jaxlr.data import datasets, to_atoms
+
+SMALL = {"features": 8, "n_layers": 1, "n_basis": 6, "hidden": 8}
+
+
+@pytest.fixture(scope="module")
+def cell_atoms():
+    atoms = to_atoms(datasets.load("random_charges")[0])
+    atoms.info.pop("REF_energy", None)
+    return atoms
+
+
+def test_forces_and_stress_equal_finite_differences(cell_atoms):
+    model = models.build("latent", **SMALL, seed=2)
+    calc = Calculator(model, species=[11, 17])
+    atoms = cell_atoms.copy()
+    atoms.calc = calc
+    forces, stress = atoms.get_forces(), atoms.get_stress()
+    assert forces.dtype == np.float64 and stress.shape == (6,)
+    fd = FiniteDifferenceCalculator(Calculator(model), eps_disp=1e-5, eps_strain=1e-6)
+    ref = atoms.copy()
+    ref.calc = fd
+    np.testing.assert_allclose(forces, ref.get_forces(), atol=2e-7)
+    np.testing.assert_allclose(stress, ref.get_stress(), atol=2e-8)
+    assert abs(atoms.get_charges().sum()) < 1e-12
+
+
+def test_charged_molecule_conserves_charge_and_gives_a_dipole():
+    frame = next(f for f in datasets.load("nacl_path"))
+    atoms = to_atoms(frame)
+    atoms.calc = Calculator(models.build("explicit", **SMALL))
+    q = atoms.get_charges()
+    assert abs(q.sum() - 1.0) < 1e-12
+    np.testing.assert_allclose(atoms.get_dipole_moment(), q @ atoms.positions, atol=1e-12)
+
+
+def test_md_compiles_once_per_bucket_and_caches_results(cell_atoms):
+    from ase import units
+    from ase.md.verlet import VelocityVerlet
+
+    model = models.build("short_range", **SMALL)
+    calc = Calculator(model, skin=0.3)
+    atoms = cell_atoms.copy()
+    atoms.calc = calc
+    atoms.set_momenta(np.random.default_rng(0).normal(0, 0.5, (len(atoms), 3)))
+    calls = []
+    original = calc._evaluate
+    calc._evaluate = lambda *a: calls.append(a[4].shape[0]) or original(*a)
+    buckets = set()
+    dyn = VelocityVerlet(atoms, 0.5 * units.fs)
+    for _ in range(50):
+        dyn.run(1)
+        buckets.add((len(atoms), calls[-1]))
+    assert calc.compilations == len(set(calls)) <= 3
+    assert calc._list is not None
+    n = len(calls)
+    atoms.get_potential_energy()
+    atoms.get_forces()
+    assert len(calls) == n  # unchanged atoms: nothing recomputed
+    atoms.positions[0, 0] += 0.01
+    atoms.get_potential_energy()
+    assert len(calls) == n + 1
+
+
+def test_bad_atoms_raise_clearly(cell_atoms):
+    calc = Calculator(models.build("latent", **SMALL), species=[11, 17])
+    atoms = cell_atoms.copy()
+    atoms.numbers[0] = 19
+    atoms.calc = calc
+    with pytest.raises(ValueError, match=r"atomic number\(s\) \[19\]"):
+        atoms.get_potential_energy()
+    slab = cell_atoms.copy()
+    slab.pbc = (True, True, False)
+    slab.calc = calc
+    with pytest.raises(ValueError, match="charge models take molecules or 3D cells"):
+        slab.get_potential_energy()
+    bad = cell_atoms.copy()
+    bad.info["charge"] = "plus one"
+    bad.calc = calc
+    with pytest.raises(ValueError, match="charge"):
+        bad.get_potential_energy()
