@@ -158,27 +158,14 @@ class Calculator(_AseCalculator):
             self._cutoff, self._list = cutoff, None
         if kind == "molecule" or not self.model.has_charges:
             return pot.Electrostatics("molecule" if kind == "molecule" else "periodic")
+        need = pot.electrostatics_for(
+            [frame], kind, sigma=self.model.sigma, cutoff=cutoff, accuracy=self.accuracy
+        )
         el = self._electrostatics.get(kind)
-        if el is not None:
-            # keep the k set while it still covers this cell (no recompilation)
-            need = pot.electrostatics_for(
-                [frame],
-                kind,
-                sigma=self.model.sigma,
-                cutoff=cutoff,
-                accuracy=self.accuracy,
-            )
-            if all(a >= b for a, b in zip(el.ewald.k_max, need.ewald.k_max)):
-                return el
-            el = need
-        else:
-            el = pot.electrostatics_for(
-                [frame],
-                kind,
-                sigma=self.model.sigma,
-                cutoff=cutoff,
-                accuracy=self.accuracy,
-            )
+        # keep the k set while it still covers this cell (no recompilation)
+        if el is not None and all(a >= b for a, b in zip(el.ewald.k_max, need.ewald.k_max)):
+            return el
+        el = need
         self._electrostatics[kind] = el
         return el
 
