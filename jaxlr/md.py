@@ -56,10 +56,9 @@ def _host_cell(box):
 
 
 def _check_min_image(cell, r_cut, name="box"):
-    volume = abs(np.linalg.det(cell))
-    heights = [
-        volume / np.linalg.norm(np.cross(cell[(k + 1) % 3], cell[(k + 2) % 3])) for k in range(3)
-    ]
+    from jaxlr.cell import host_heights
+
+    heights = host_heights(cell)
     if r_cut >= 0.5 * min(heights):
         raise ValueError(
             f"{name}: the pair cutoff {r_cut:.3f} Å is not below half the smallest box height "
@@ -419,15 +418,17 @@ def run(
 
     chunk = jax.jit(chunk, static_argnums=2)
 
-    def thermo(state, nbrs):
+    @jax.jit
+    def energies(state, nbrs):
         kwargs = {} if nbrs is None else {"neighbor": nbrs}
         if ensemble == "npt":
             kwargs["box"] = simulate.npt_box(state)
-        pot_e = float(energy_fn(state.position, **kwargs))
-        mass = state.mass
-        kin = float(quantity.kinetic_energy(momentum=state.momentum, mass=mass))
-        temp = 2.0 * kin / (3 * n * KB)
-        return pot_e, kin, temp
+        kin = quantity.kinetic_energy(momentum=state.momentum, mass=state.mass)
+        return energy_fn(state.position, **kwargs), kin
+
+    def thermo(state, nbrs):
+        pot_e, kin = (float(x) for x in energies(state, nbrs))
+        return pot_e, kin, 2.0 * kin / (3 * n * KB)
 
     from tqdm.auto import tqdm
 

@@ -22,6 +22,7 @@ trained model from a run folder, :func:`evaluate` scores it on frames.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import math
 import os
@@ -138,6 +139,15 @@ class TrainConfig:
             v = getattr(self, name)
             if not (isinstance(v, int) and v >= 1):
                 raise ValueError(f"{name} must be a positive integer, got {v!r}")
+        if not (isinstance(self.warmup_epochs, int) and self.warmup_epochs >= 0):
+            raise ValueError(f"warmup_epochs must be an integer >= 0, got {self.warmup_epochs!r}")
+        if not 0 <= self.final_lr_fraction <= 1:
+            raise ValueError(f"final_lr_fraction must be in [0, 1], got {self.final_lr_fraction!r}")
+        if not (self.clip_norm > 0 and self.weight_decay >= 0):
+            raise ValueError(
+                f"clip_norm must be > 0 and weight_decay >= 0, got {self.clip_norm!r}, "
+                f"{self.weight_decay!r}"
+            )
         if not (self.learning_rate > 0 and math.isfinite(self.learning_rate)):
             raise ValueError(f"learning_rate must be positive, got {self.learning_rate!r}")
         if self.optimizer not in ("adam", "adamw"):
@@ -284,10 +294,7 @@ def _loss(errors, weights):
 class _Trainer:
     """Jitted steps closed over the model's graph, the optimizer and loss weights."""
 
-    def __init__(self, graphdef, tx, weights, cutoff, sharding):
-        self.graphdef, self.tx, self.weights, self.cutoff = graphdef, tx, weights, cutoff
-        self.sharding = sharding
-
+    def __init__(self, graphdef, tx, weights, cutoff):
         def loss_fn(params, b, el):
             model = nnx.merge(graphdef, params)
             err = _errors(_predict_batch(model, b, el, cutoff), b)
@@ -301,12 +308,19 @@ class _Trainer:
         def eval_step(params, b, el):
             return loss_fn(params, b, el)
 
-        def predict_step(params, b, el):
-            return _predict_batch(nnx.merge(graphdef, params), b, el, cutoff)
-
         self.train_step = jax.jit(train_step, static_argnums=3)
         self.eval_step = jax.jit(eval_step, static_argnums=2)
-        self.predict_step = jax.jit(predict_step, static_argnums=2)
+
+
+@functools.lru_cache(maxsize=16)
+def _predictor(graphdef, cutoff):
+    """Jitted batch prediction for a model graph (cached: repeated predict_frames
+    calls on one model compile once per bucket, not once per call)."""
+
+    def predict_step(params, b, el):
+        return _predict_batch(nnx.merge(graphdef, params), b, el, cutoff)
+
+    return jax.jit(predict_step, static_argnums=2)
 
 
 # ------------------------------------------------------------------ checkpoints
@@ -370,7 +384,7 @@ def restore_checkpoint(folder: Path, params, opt_state):
     leaves = []
     for k, ref in enumerate(template_leaves):
         x = np.asarray(tree[f"leaf{k:05d}"])
-        if x.shape != np.shape(ref) or not np.all(np.isfinite(x)) and x.dtype.kind == "f":
+        if x.shape != np.shape(ref) or (x.dtype.kind == "f" and not np.all(np.isfinite(x))):
             raise CheckpointError(f"checkpoint {folder}: entry {k} is malformed or non-finite")
         leaves.append(jnp.asarray(x, dtype=jnp.asarray(ref).dtype))
     params, opt_state = jax.tree.unflatten(treedef, leaves)
@@ -593,7 +607,7 @@ def fit(
     graphdef, params = nnx.split(model)
     params = jax.device_put(params, setup.replicated)
     opt_state = jax.device_put(tx.init(params), setup.replicated)
-    trainer = _Trainer(graphdef, tx, weights, setup.cutoff, setup.data_sharding)
+    trainer = _Trainer(graphdef, tx, weights, setup.cutoff)
     counters = {"epoch": 0, "step": 0, "bad_epochs": 0, "best_val": math.inf}
     history = []
     ckpt = out / "checkpoints"
@@ -723,7 +737,7 @@ def predict_frames(model, frames, *, batch_size=16, accuracy=1e-5):
     electrostatics = _electrostatics(model, frames, accuracy, cutoff)
     dtype = jnp.asarray(1.0).dtype
     graphdef, params = nnx.split(model)
-    trainer = _Trainer(graphdef, None, {}, cutoff, data_sharding)
+    predict_step = _predictor(graphdef, cutoff)
     params = jax.device_put(params, replicated)
     groups = {}
     for k, f in enumerate(frames):
@@ -740,7 +754,7 @@ def predict_frames(model, frames, *, batch_size=16, accuracy=1e-5):
                 capacity=buckets.capacities[key],
             )
             b = _device_batch(batch, dtype, data_sharding)
-            out = jax.tree.map(np.asarray, trainer.predict_step(params, b, electrostatics[key[0]]))
+            out = jax.tree.map(np.asarray, predict_step(params, b, electrostatics[key[0]]))
             for slot, i in enumerate(chunk):
                 n, periodic = frames[i].n_atoms, frames[i].periodic
                 result[i] = {

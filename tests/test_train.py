@@ -87,7 +87,7 @@ def test_random_charge_labels_are_the_ewald_energy_of_the_true_charges(charges_s
         jnp.asarray(i), jnp.asarray(j), jnp.asarray(sh), jnp.ones(len(i), bool), 4.5, True
     )
     rep = datasets.random_charges_energy(
-        f.positions, f.charges, f.cell, pairs, s["born_mayer_a"], s["born_mayer_rho"], 4.5
+        f.positions, f.cell, pairs, s["born_mayer_a"], s["born_mayer_rho"], 4.5
     )
     e = jaxlr.electrostatic_energy(f.positions, f.charges, f.cell, accuracy=1e-9) + rep
     assert abs(float(e) - f.energy) < 1e-5

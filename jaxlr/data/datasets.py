@@ -209,10 +209,10 @@ def _nacl_bulk(s):
     return out
 
 
-def random_charges_energy(positions, charges, cell, pairs, a, rho, r_cut):
+def random_charges_energy(positions, cell, pairs, a, rho, r_cut):
     """Repulsion (eV) of the classical random-charge system: a Born-Mayer term
-    ``a (exp(-r / rho) - exp(-r_cut / rho))`` for every pair closer than ``r_cut``
-    (``pairs`` a half list). ``charges`` is unused (same repulsion for all pairs)."""
+    ``a (exp(-r / rho) - exp(-r_cut / rho))`` (``a`` eV, ``rho`` and ``r_cut`` Å) for
+    every pair of ``pairs`` (a half list) closer than ``r_cut``; positions (N, 3) Å."""
     import jax.numpy as jnp
 
     from jaxlr.neighbors import pair_vectors
@@ -262,7 +262,7 @@ def _random_charges(s):
 
         def energy(p, c):
             rep = random_charges_energy(
-                p, q, c, pairs, s["born_mayer_a"], s["born_mayer_rho"], s["repulsion_cutoff"]
+                p, c, pairs, s["born_mayer_a"], s["born_mayer_rho"], s["repulsion_cutoff"]
             )
             return template(p, jnp.asarray(q), c) + rep
 

@@ -34,6 +34,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from jaxlr.cell import apply_strain
 from jaxlr.kernels.coulomb import coulomb_energy
 from jaxlr.kernels.ewald import EwaldConfig, ewald_energy
 from jaxlr.kernels.tuning import tune_ewald
@@ -132,15 +133,17 @@ class ShortRange(nnx.Module):
         backbone=None,
     ):
         rngs = nnx.Rngs(seed)
-        self.hyper = dict(
-            features=int(features),
-            n_layers=int(n_layers),
-            cutoff=float(cutoff),
-            n_basis=int(n_basis),
-            hidden=int(hidden),
-            sigma=float(sigma),
-            seed=int(seed),
-        )
+        self.hyper_items = tuple(
+            dict(
+                features=int(features),
+                n_layers=int(n_layers),
+                cutoff=float(cutoff),
+                n_basis=int(n_basis),
+                hidden=int(hidden),
+                sigma=float(sigma),
+                seed=int(seed),
+            ).items()
+        )  # a tuple: the graph definition stays hashable (jit caches on it)
         self.cutoff = float(cutoff)
         self.sigma = float(sigma)
         self.backbone = backbone or PaiNN(
@@ -152,6 +155,11 @@ class ShortRange(nnx.Module):
         if self.has_charges:
             self.charge_head = _MLP((features, hidden, 1), rngs=rngs)
             self.species_charge = nnx.Param(jnp.zeros(MAX_NUMBER + 1))
+
+    @property
+    def hyper(self) -> dict:
+        """The constructor's hyper-parameters (JSON-ready, without ``backbone``)."""
+        return dict(self.hyper_items)
 
     @property
     def name(self) -> str:
@@ -231,12 +239,12 @@ def predict(model, positions, numbers, mask, pairs, cell, charge, electrostatics
     charges (N,) e (zeros without a charge head) and dipole (3,) e·Å (sum q_i r_i
     about the origin; zeros for cells) of one padded structure."""
     periodic = electrostatics.kind != "molecule"
-    eye = jnp.eye(3, dtype=positions.dtype)
 
     def energy(pos, strain):
-        deform = eye + strain
-        c = cell @ deform if periodic else None
-        out = model(pos @ deform, numbers, mask, pairs, c, charge, electrostatics)
+        c = None
+        if periodic:  # DESIGN's stress deformation; molecules have no stress
+            pos, c = apply_strain(pos, cell, strain)
+        out = model(pos, numbers, mask, pairs, c, charge, electrostatics)
         return out["energy"], out
 
     (e, out), (de_dpos, de_deps) = jax.value_and_grad(energy, argnums=(0, 1), has_aux=True)(
