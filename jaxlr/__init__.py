@@ -1,6 +1,6 @@
 """jaxlr: long-range electrostatics for atomistic machine learning in JAX."""
 
-from jaxlr import cell, kernels, lode, neighbors, qeq, units
+from jaxlr import cell, kernels, lode, neighbors, qeq, response, units
 from jaxlr._api import (
     PreparedEnergy,
     electrostatic_energy,
@@ -24,5 +24,6 @@ __all__ = [
     "neighbors",
     "prepare_energy",
     "qeq",
+    "response",
     "units",
 ]

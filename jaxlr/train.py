@@ -59,6 +59,8 @@ PROPERTIES = {
     "stress": ("meV/Å^3", 1e3),
     "charges": ("me", 1e3),
     "dipole": ("me·Å", 1e3),
+    "polarization": ("me/Å^2", 1e3),
+    "born_charges": ("me", 1e3),
 }
 
 
@@ -84,7 +86,9 @@ class TrainConfig:
       optimizer: ``adam`` or ``adamw`` (with ``weight_decay``). clip_norm: global
         gradient-norm clipping.
       weights: loss weights per property (energy per atom, forces, stress, charges,
-        dipole).
+        dipole, polarization compared on the nearest branch, born_charges; the last
+        three need a charge model and REF_ labels, Born charges cost a
+        forward-over-reverse derivative per step).
       patience: epochs without validation improvement before stopping.
       split: train / validation / test fractions; seed: split, shuffling and
         initialisation seed.
@@ -109,6 +113,8 @@ class TrainConfig:
             "stress": 100.0,
             "charges": 100.0,
             "dipole": 0.0,
+            "polarization": 0.0,
+            "born_charges": 0.0,
         }
     )
     patience: int = 30
@@ -205,11 +211,16 @@ _ARRAYS = (
     "stress",
     "charges",
     "dipole",
+    "field",
+    "polarization",
+    "born_charges",
     "has_energy",
     "has_forces",
     "has_stress",
     "has_charges",
     "has_dipole",
+    "has_polarization",
+    "has_born_charges",
     "pair_i",
     "pair_j",
     "pair_shifts",
@@ -229,10 +240,14 @@ def _device_batch(batch: _data.Batch, dtype, sharding=None) -> dict:
     return jax.tree.map(jnp.asarray, out)
 
 
-def _predict_batch(model, b, electrostatics, cutoff):
-    def one(pos, num, mask, pi, pj, ps, pm, cell, charge):
+def _predict_batch(model, b, electrostatics, cutoff, born=False):
+    field = b["field"] if model.has_charges else None
+
+    def one(pos, num, mask, pi, pj, ps, pm, cell, charge, e_field):
         pairs = Pairs(pi, pj, ps, pm, cutoff, False)
-        return _pot.predict(model, pos, num, mask, pairs, cell, charge, electrostatics)
+        return _pot.predict(
+            model, pos, num, mask, pairs, cell, charge, electrostatics, e_field, born
+        )
 
     return jax.vmap(one)(
         b["positions"],
@@ -244,7 +259,19 @@ def _predict_batch(model, b, electrostatics, cutoff):
         b["pair_mask"],
         b["cell"],
         b["charge"],
+        field,
     )
+
+
+def _branch_difference(d, cell):
+    """Polarization differences (B, 3) reduced to the nearest branch of each cell's
+    quantum lattice (fractional components within 1/2)."""
+    volume = jnp.abs(jnp.linalg.det(cell))
+    safe = jnp.where(volume[:, None, None] > 0, cell, jnp.eye(3, dtype=d.dtype))
+    vol = jnp.abs(jnp.linalg.det(safe))
+    f = vol[:, None] * jnp.einsum("bi,bij->bj", d, jnp.linalg.inv(safe))
+    f = f - jax.lax.stop_gradient(jnp.round(f))
+    return jnp.einsum("bj,bjk->bk", f, safe) / vol[:, None]
 
 
 def _errors(pred, b):
@@ -279,6 +306,21 @@ def _errors(pred, b):
         jnp.sum(sel[:, None] * jnp.abs(d)),
         3 * jnp.sum(sel),
     )
+    sel = w * b["has_polarization"]
+    d = _branch_difference(pred["polarization"] - b["polarization"], b["cell"])
+    out["polarization"] = (
+        jnp.sum(sel[:, None] * d * d),
+        jnp.sum(sel[:, None] * jnp.abs(d)),
+        3 * jnp.sum(sel),
+    )
+    if "born_charges" in pred:
+        atom = b["mask"] * (w * b["has_born_charges"])[:, None]
+        d = pred["born_charges"] - b["born_charges"]
+        out["born_charges"] = (
+            jnp.sum(atom[..., None, None] * d * d),
+            jnp.sum(atom[..., None, None] * jnp.abs(d)),
+            9 * jnp.sum(atom),
+        )
     return out
 
 
@@ -297,7 +339,8 @@ class _Trainer:
     def __init__(self, graphdef, tx, weights, cutoff):
         def loss_fn(params, b, el):
             model = nnx.merge(graphdef, params)
-            err = _errors(_predict_batch(model, b, el, cutoff), b)
+            born = weights.get("born_charges", 0.0) > 0
+            err = _errors(_predict_batch(model, b, el, cutoff, born), b)
             return _loss(err, weights), err
 
         def train_step(params, opt_state, b, el):
@@ -313,12 +356,12 @@ class _Trainer:
 
 
 @functools.lru_cache(maxsize=16)
-def _predictor(graphdef, cutoff):
+def _predictor(graphdef, cutoff, born=False):
     """Jitted batch prediction for a model graph (cached: repeated predict_frames
     calls on one model compile once per bucket, not once per call)."""
 
     def predict_step(params, b, el):
-        return _predict_batch(nnx.merge(graphdef, params), b, el, cutoff)
+        return _predict_batch(nnx.merge(graphdef, params), b, el, cutoff, born)
 
     return jax.jit(predict_step, static_argnums=2)
 
@@ -476,6 +519,17 @@ def _optimizer(cfg: TrainConfig, steps_per_epoch: int):
 
 def _weights(cfg: TrainConfig, model, frames):
     w = {k: float(cfg.weights.get(k, 0.0)) for k in PROPERTIES}
+    fielded = [k for k, f in enumerate(frames) if f.field is not None and np.any(f.field)]
+    if fielded and not model.has_charges:
+        raise ValueError(
+            f"frame {fielded[0]} has a nonzero info['field'] but model {cfg.model!r} has no "
+            "charges to couple to it; use a charge model (explicit or latent)"
+        )
+    if not model.has_charges:
+        w["polarization"] = w["born_charges"] = 0.0
+    for name in ("polarization", "born_charges"):
+        if w[name] > 0 and not any(getattr(f, name) is not None for f in frames):
+            raise ValueError(f"weight {name!r} is positive but no training frame has REF_{name}")
     if not model.fits_charges:
         w["charges"] = w["dipole"] = 0.0
     else:
@@ -723,10 +777,15 @@ def fit(
 # ------------------------------------------------------------------ inference
 
 
-def predict_frames(model, frames, *, batch_size=16, accuracy=1e-5):
+def predict_frames(model, frames, *, batch_size=16, accuracy=1e-5, born_charges=False):
     """Predictions of ``model`` for ``frames``, in input order: a list of dicts with
     ``energy`` (eV), ``forces`` (N, 3), ``stress`` (3, 3; cells, else None),
-    ``charges`` (N,) and ``dipole`` (3,; molecules) for charge models (else None)."""
+    ``charges`` (N,), ``dipole`` (3,; molecules), ``polarization`` (3,; cells, branch
+    nearest zero) for charge models (else None), and with ``born_charges=True``
+    ``born_charges`` (N, 3, 3) e. A frame's ``field`` (V/Å) enters through the
+    electric enthalpy (``energy`` is then ``U - mu . field``)."""
+    if born_charges and not model.has_charges:
+        raise ValueError("born_charges=True needs a charge model (explicit or latent)")
     frames = list(frames)
     if not frames:
         return []
@@ -737,7 +796,7 @@ def predict_frames(model, frames, *, batch_size=16, accuracy=1e-5):
     electrostatics = _electrostatics(model, frames, accuracy, cutoff)
     dtype = jnp.asarray(1.0).dtype
     graphdef, params = nnx.split(model)
-    predict_step = _predictor(graphdef, cutoff)
+    predict_step = _predictor(graphdef, cutoff, bool(born_charges))
     params = jax.device_put(params, replicated)
     groups = {}
     for k, f in enumerate(frames):
@@ -763,7 +822,12 @@ def predict_frames(model, frames, *, batch_size=16, accuracy=1e-5):
                     "stress": out["stress"][slot] if periodic else None,
                     "charges": out["charges"][slot, :n] if model.has_charges else None,
                     "dipole": out["dipole"][slot] if model.has_charges and not periodic else None,
+                    "polarization": (
+                        out["polarization"][slot] if model.has_charges and periodic else None
+                    ),
                 }
+                if born_charges:
+                    result[i]["born_charges"] = out["born_charges"][slot, :n]
     return result
 
 
@@ -776,6 +840,10 @@ def metrics_from(predictions, frames) -> dict:
             if ref is None or val is None:
                 continue
             d = np.ravel(np.asarray(val) - np.asarray(ref))
+            if name == "polarization":  # compared on the nearest branch
+                d = np.asarray(_branch_difference(jnp.asarray(d)[None], jnp.asarray(f.cell)[None]))[
+                    0
+                ]
             if name == "energy":
                 d = d / f.n_atoms
             acc.setdefault(name, []).append(d)
@@ -809,7 +877,9 @@ def evaluate_model(model, frames, *, accuracy=1e-5) -> dict:
     """Test metrics of ``model`` on ``frames`` (see :func:`metrics_from`)."""
     if not frames:
         return {}
-    return metrics_from(predict_frames(model, frames, accuracy=accuracy), frames)
+    born = model.has_charges and any(f.born_charges is not None for f in frames)
+    preds = predict_frames(model, frames, accuracy=accuracy, born_charges=born)
+    return metrics_from(preds, frames)
 
 
 def load(run, *, which="best", backbone=None):

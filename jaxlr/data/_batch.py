@@ -52,6 +52,10 @@ def pair_counts(frames, cutoff) -> np.ndarray:
     return np.array([len(_frame_pairs(f, cutoff)[0]) for f in frames], np.int64)
 
 
+_LABELS = ("energy", "forces", "stress", "charges", "dipole", "polarization", "born_charges")
+_PER_ATOM = ("forces", "charges", "born_charges")
+
+
 class Batch(NamedTuple):
     """Fixed-shape batch (numpy on the host; a pytree of arrays for jit).
 
@@ -59,7 +63,8 @@ class Batch(NamedTuple):
     ``cell (B, 3, 3)`` (zeros for a molecule), ``pbc (B, 3)``, ``charge (B,)``,
     ``weight (B,)`` (0 for padding structures), labels ``energy (B,)``, ``forces (B,
     n, 3)``, ``stress (B, 3, 3)``, ``charges (B, n)``, ``dipole (B, 3)``, ``field (B,
-    3)`` and their availability ``has_energy`` ... ``has_dipole`` (B,) (0 or 1).
+    3)``, ``polarization (B, 3)``, ``born_charges (B, n, 3, 3)`` and their availability
+    ``has_energy`` ... ``has_born_charges`` (B,) (0 or 1).
     """
 
     positions: np.ndarray
@@ -75,11 +80,15 @@ class Batch(NamedTuple):
     charges: np.ndarray
     dipole: np.ndarray
     field: np.ndarray
+    polarization: np.ndarray
+    born_charges: np.ndarray
     has_energy: np.ndarray
     has_forces: np.ndarray
     has_stress: np.ndarray
     has_charges: np.ndarray
     has_dipole: np.ndarray
+    has_polarization: np.ndarray
+    has_born_charges: np.ndarray
     pair_i: np.ndarray | None = None
     pair_j: np.ndarray | None = None
     pair_shifts: np.ndarray | None = None
@@ -131,8 +140,10 @@ def pad(
         "charges": np.zeros((b, n_max)),
         "dipole": np.zeros((b, 3)),
         "field": np.zeros((b, 3)),
+        "polarization": np.zeros((b, 3)),
+        "born_charges": np.zeros((b, n_max, 3, 3)),
     }
-    for name in ("energy", "forces", "stress", "charges", "dipole"):
+    for name in _LABELS:
         out["has_" + name] = np.zeros(b)
     if cutoff is not None:
         lists = [_frame_pairs(f, cutoff) for f in frames]
@@ -165,12 +176,12 @@ def pad(
         out["weight"][k] = 1.0
         if f.field is not None:
             out["field"][k] = f.field
-        for name in ("energy", "forces", "stress", "charges", "dipole"):
+        for name in _LABELS:
             value = getattr(f, name)
             if value is None:
                 continue
             out["has_" + name][k] = 1.0
-            if name in ("forces", "charges"):
+            if name in _PER_ATOM:
                 out[name][k, :n] = value
             else:
                 out[name][k] = value
@@ -186,10 +197,10 @@ def unpad(batch: Batch) -> list[Frame]:
         n = int(batch.mask[k].sum())
         periodic = bool(batch.pbc[k].any())
         labels = {}
-        for name in ("energy", "forces", "stress", "charges", "dipole"):
+        for name in _LABELS:
             if getattr(batch, "has_" + name)[k]:
                 value = getattr(batch, name)[k]
-                labels[name] = value[:n] if name in ("forces", "charges") else value
+                labels[name] = value[:n] if name in _PER_ATOM else value
                 if name == "energy":
                     labels[name] = float(value)
         frames.append(

@@ -3,7 +3,9 @@
 A :class:`Frame` is one structure on the host (numpy): positions, atomic numbers, an
 optional cell with its ``pbc``, the total charge, and whichever reference labels it
 carries (``REF_energy``, ``REF_forces``, ``REF_stress``, ``REF_charges``,
-``REF_dipole``; an external field in ``info["field"]``). Periodic, slab and
+``REF_dipole``, ``REF_polarization``, ``REF_born_charges`` (per atom, 9 numbers,
+row-major ``Z[i, a, b] = d mu_a / d R_ib``), ``REF_polarizability`` (9 numbers,
+``alpha[a, b] = d mu_a / d field_b``); an external field in ``info["field"]``). Periodic, slab and
 non-periodic structures mix freely in one list.
 """
 
@@ -24,6 +26,9 @@ LABELS = {
     "stress": ("REF_stress", "info", (3, 3)),
     "charges": ("REF_charges", "arrays", ()),
     "dipole": ("REF_dipole", "info", (3,)),
+    "polarization": ("REF_polarization", "info", (3,)),
+    "born_charges": ("REF_born_charges", "arrays", (3, 3)),
+    "polarizability": ("REF_polarizability", "info", (3, 3)),
 }
 
 
@@ -38,6 +43,9 @@ class Frame:
       charge: total charge (e).
       energy: eV. forces: (N, 3) eV/Å. stress: (3, 3) eV/Å^3 (ASE's sign).
       charges: (N,) e. dipole: (3,) e·Å. field: (3,) V/Å external field or None.
+      polarization: (3,) e/Å^2 (periodic; compared modulo its quantum).
+      born_charges: (N, 3, 3) e, ``Z[i, a, b] = d mu_a / d R_ib``.
+      polarizability: (3, 3) e·Å^2/V, ``alpha[a, b] = d mu_a / d field_b``.
     """
 
     positions: np.ndarray
@@ -51,6 +59,9 @@ class Frame:
     charges: np.ndarray | None = None
     dipole: np.ndarray | None = None
     field: np.ndarray | None = None
+    polarization: np.ndarray | None = None
+    born_charges: np.ndarray | None = None
+    polarizability: np.ndarray | None = None
 
     @property
     def n_atoms(self) -> int:
@@ -100,13 +111,18 @@ def from_atoms(atoms, *, source=None, index=0) -> Frame:
         expected = (n,) + shape if place == "arrays" else shape
         if name == "stress" and value.shape in ((9,), (6,)):
             value = _stress_matrix(value)
+        if name == "born_charges" and value.shape == (n, 9):
+            value = value.reshape(n, 3, 3)
+        if name == "polarizability" and value.shape == (9,):
+            value = value.reshape(3, 3)
         if value.shape != expected:
             raise ValueError(f"{where}: key {key!r} has shape {value.shape}, expected {expected}")
         if not np.all(np.isfinite(value)):
             raise ValueError(f"{where}: key {key!r} has non-finite values")
         values[name] = float(value) if shape == () and place == "info" else value
-    if "stress" in values and not any(pbc):
-        raise ValueError(f"{where}: key 'REF_stress' on a non-periodic structure")
+    for name in ("stress", "polarization"):
+        if name in values and not any(pbc):
+            raise ValueError(f"{where}: key 'REF_{name}' on a non-periodic structure")
     charge = atoms.info.get("charge", 0.0)
     try:
         charge = float(charge)
@@ -150,9 +166,11 @@ def to_atoms(frame: Frame):
         if value is None:
             continue
         if place == "info":
-            atoms.info[key] = value.reshape(-1) if name == "stress" else value
+            flat = name in ("stress", "polarizability")
+            atoms.info[key] = np.asarray(value).reshape(-1) if flat else value
         else:
-            atoms.arrays[key] = np.asarray(value, np.float64)
+            value = np.asarray(value, np.float64)
+            atoms.arrays[key] = value.reshape(len(value), -1) if value.ndim > 2 else value
     return atoms
 
 

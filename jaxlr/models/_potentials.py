@@ -234,32 +234,74 @@ def build(name: str, **hyper) -> ShortRange:
     return cls(**hyper)
 
 
-def predict(model, positions, numbers, mask, pairs, cell, charge, electrostatics):
+def predict(
+    model, positions, numbers, mask, pairs, cell, charge, electrostatics, field=None, born=False
+):
     """Energy (eV), forces (N, 3) eV/Å, stress (3, 3) eV/Å^3 (zeros for molecules),
-    charges (N,) e (zeros without a charge head) and dipole (3,) e·Å (sum q_i r_i
-    about the origin; zeros for cells) of one padded structure."""
-    periodic = electrostatics.kind != "molecule"
+    charges (N,) e (zeros without a charge head), dipole (3,) e·Å and, for cells,
+    polarization (3,) e/Å^2 of one padded structure.
 
-    def energy(pos, strain):
+    The dipole of a molecule is ``sum q_i r_i`` about the origin; of a cell, ``V P``
+    with every atom at its image inside the cell (``jaxlr.response``); the
+    polarization is on the branch nearest zero. With ``field`` (3,) V/Å the energy is
+    the electric enthalpy ``U - mu . field`` (charge models only), and forces and
+    stress are its derivatives. ``born=True`` adds ``born_charges`` (N, 3, 3) e as
+    ``d forces / d field`` (Maxwell; equal to ``d mu / d R``)."""
+    from jaxlr.response import anchored_positions, nearest_branch  # avoid a cycle
+
+    periodic = electrostatics.kind != "molecule"
+    dtype = positions.dtype
+    e_field = jnp.zeros(3, dtype) if field is None else jnp.asarray(field, dtype)
+
+    def enthalpy(pos, strain, e_field):
         c = None
         if periodic:  # DESIGN's stress deformation; molecules have no stress
             pos, c = apply_strain(pos, cell, strain)
         out = model(pos, numbers, mask, pairs, c, charge, electrostatics)
-        return out["energy"], out
+        q = out["charges"]
+        if q is None:
+            mu = jnp.zeros(3, dtype)
+        else:
+            q = jnp.where(mask, q, 0.0)
+            x = anchored_positions(pos, c) if periodic else pos
+            mu = jnp.sum(q[:, None] * x, axis=0)
+        return out["energy"] - jnp.dot(mu, e_field), (out, mu)
 
-    (e, out), (de_dpos, de_deps) = jax.value_and_grad(energy, argnums=(0, 1), has_aux=True)(
-        positions, jnp.zeros((3, 3), positions.dtype)
-    )
-    forces = -jnp.where(mask[:, None], de_dpos, 0.0)
-    if periodic:
-        stress = de_deps / jnp.abs(jnp.linalg.det(cell))
+    def derivatives(e_field):
+        (e, (out, mu)), (de_dpos, de_deps) = jax.value_and_grad(
+            enthalpy, argnums=(0, 1), has_aux=True
+        )(positions, jnp.zeros((3, 3), dtype), e_field)
+        forces = -jnp.where(mask[:, None], de_dpos, 0.0)
+        return forces, (forces, e, de_deps, out, mu)
+
+    if born:
+        if not model.has_charges:
+            raise ValueError("Born charges need a charge model (explicit or latent)")
+        jac, (forces, e, de_deps, out, mu) = jax.jacfwd(derivatives, has_aux=True)(e_field)
+        z = jnp.swapaxes(jac, 1, 2)  # (N, a = field, b = force component)
     else:
-        stress = jnp.zeros((3, 3), positions.dtype)
+        _, (forces, e, de_deps, out, mu) = derivatives(e_field)
+    if periodic:
+        volume = jnp.abs(jnp.linalg.det(cell))
+        stress = de_deps / volume
+        polarization = nearest_branch(mu / volume, cell)
+    else:
+        stress = jnp.zeros((3, 3), dtype)
+        polarization = jnp.zeros(3, dtype)
     q = out["charges"]
     if q is None:
-        q = jnp.zeros(positions.shape[0], positions.dtype)
-    dipole = jnp.zeros(3, positions.dtype) if periodic else jnp.sum(q[:, None] * positions, 0)
-    return {"energy": e, "forces": forces, "stress": stress, "charges": q, "dipole": dipole}
+        q = jnp.zeros(positions.shape[0], dtype)
+    result = {
+        "energy": e,
+        "forces": forces,
+        "stress": stress,
+        "charges": q,
+        "dipole": mu,
+        "polarization": polarization,
+    }
+    if born:
+        result["born_charges"] = z
+    return result
 
 
 def pure(model):
