@@ -14,7 +14,21 @@
  ``random_charges``  classical benchmark: 32 point charges +-1 (Na +1, Cl -1) at random in
                      a periodic cube with a Born-Mayer repulsion; energies, forces and
                      stress from jaxlr's own Ewald; the true charges as ``REF_charges``
+ ``water_clusters``  (H2O)_n, n = 1 to 5 (cyclic for n >= 3; 30, 40, 40, 40, 50 frames),
+                     relaxed then sampled by Langevin MD at 300 K (0.5 fs steps, a frame
+                     every 20) plus 0.02 Å noise; GFN2-xTB (accuracy 1e-5) energies,
+                     forces, Mulliken charges, dipoles, Born charges ``REF_born_charges``
+                     ((N, 9), e, route "dipole", 1e-3 Å steps) and polarizabilities
+                     ``REF_polarizability`` (9, e·Å^2/V, 5e-3 V/Å steps); 20 % of the
+                     frames (40) labelled under a uniform field ``info["field"]`` of
+                     0.05-0.1 V/Å in a random direction (all labels at that field)
 =================== ======================================================================
+
+Born charges are stored row-major, ``arrays["REF_born_charges"][i] = Z[i].reshape(9)``
+with ``Z[i, a, b] = d mu_a / d R_ib``; the polarizability row-major,
+``alpha[a, b] = d mu_a / d E_b`` (see :mod:`jaxlr.data.reference`). A reader that does
+not know these two keys (:func:`jaxlr.data.from_atoms`) ignores them; read them with
+``ase.io.read(path("water_clusters"), index=":")``.
 
 Each file is gzip-compressed extxyz (no pickle); every frame records the generator's
 settings (``gen_*`` keys). ``manifest.json`` beside the files records, per dataset,
@@ -81,6 +95,23 @@ SETTINGS = {
         "born_mayer_rho": 0.32,
         "repulsion_cutoff": 4.5,
         "n_frames": 300,
+        "seed": 20261128,
+    },
+    "water_clusters": {
+        "method": "GFN2-xTB",
+        "accuracy": 1e-5,
+        "systems": [1, 2, 3, 4, 5],
+        "n_frames": [30, 40, 40, 40, 50],
+        "relax_fmax": 0.02,
+        "relax_steps": 2000,
+        "temperature": 300.0,
+        "timestep": 0.5,
+        "interval": 20,
+        "displacement": 0.02,
+        "field_fraction": 0.2,
+        "field_magnitude": [0.05, 0.1],
+        "born_delta": 1e-3,
+        "field_delta": 5e-3,
         "seed": 20261128,
     },
 }
@@ -277,12 +308,75 @@ def _random_charges(s):
     return out
 
 
+def _water_clusters(s):
+    from jaxlr.data import reference
+
+    rng = np.random.default_rng(s["seed"])  # which frames get a field, and the fields
+    low, high = s["field_magnitude"]
+    out = []
+    for k, (n, count) in enumerate(zip(s["systems"], s["n_frames"])):
+        start = reference.relax(
+            reference.water_cluster(n),
+            fmax=s["relax_fmax"],
+            max_steps=s["relax_steps"],
+            method=s["method"],
+        )
+        frames = reference.sample(
+            start,
+            count,
+            temperature=s["temperature"],
+            timestep=s["timestep"],
+            interval=s["interval"],
+            displacement=s["displacement"],
+            seed=s["seed"] + k,
+        )
+        n_field = int(round(s["field_fraction"] * count))
+        for i in np.sort(rng.choice(count, size=n_field, replace=False)):
+            direction = rng.standard_normal(3)
+            direction /= np.linalg.norm(direction)
+            frames[i].info["field"] = rng.uniform(low, high) * direction
+        out += reference.label_frames(
+            frames,
+            method=s["method"],
+            accuracy=s["accuracy"],
+            response=True,
+            born_delta=s["born_delta"],
+            field_delta=s["field_delta"],
+        )
+    return out
+
+
 _GENERATORS = {
     "nacl_clusters": _nacl_clusters,
     "nacl_path": _nacl_path,
     "nacl_bulk": _nacl_bulk,
     "random_charges": _random_charges,
+    "water_clusters": _water_clusters,
 }
+
+#: labels that :func:`jaxlr.data.from_atoms` may not know, carried from the generator's
+#: frames into the file as they are (key, place, per-frame shape with N = atoms);
+#: always written after the known labels, so the bytes do not depend on the reader.
+_EXTRA_LABELS = (
+    ("REF_born_charges", "arrays", ("N", 9)),
+    ("REF_polarizability", "info", (9,)),
+)
+
+
+def _with_extra_labels(atoms, source, where):
+    """``atoms`` (from :func:`to_atoms`) with the extra labels of ``source``."""
+    for key, place, shape in _EXTRA_LABELS:
+        store = atoms.info if place == "info" else atoms.arrays
+        store.pop(key, None)
+        origin = source.info if place == "info" else source.arrays
+        if key not in origin:
+            continue
+        value = np.asarray(origin[key], np.float64)
+        expected = tuple(len(source) if d == "N" else d for d in shape)
+        if value.shape != expected or not np.all(np.isfinite(value)):
+            raise ValueError(f"{where}: {key!r} has shape {value.shape} (expected {expected})")
+        store[key] = value
+    return atoms
 
 
 def _extxyz_text(images) -> str:
@@ -304,7 +398,11 @@ def generate(name: str, out=None) -> Path:
     images = [_record(a, name, settings) for a in _GENERATORS[name](settings)]
     # validate through the reader's checks before writing
     frames = [from_atoms(a, source=name, index=i) for i, a in enumerate(images)]
-    text = _extxyz_text([_record(to_atoms(f), name, settings) for f in frames])
+    atoms = [
+        _with_extra_labels(to_atoms(f), a, f"{name}: frame {i}")
+        for i, (f, a) in enumerate(zip(frames, images))
+    ]
+    text = _extxyz_text([_record(a, name, settings) for a in atoms])
     target = folder / f"{name}.extxyz.gz"
     _atomic_write(target, _gzip(text.encode()))
     record = manifest(folder)

@@ -2,26 +2,44 @@
 
 This module produces training/validation data for jaxlr models: it labels
 structures with the tight-binding method GFN2-xTB through ``tblite``'s Python
-interface, runs short Langevin molecular dynamics to sample configurations, and
-builds small rock-salt NaCl clusters.
+interface (optionally under a uniform external electric field), computes Born
+effective charges and polarizabilities by finite differences, runs short Langevin
+molecular dynamics to sample configurations, relaxes small molecules, and builds
+small rock-salt NaCl clusters and hydrogen-bonded water clusters.
 
 Units follow jaxlr: Å, e, eV, forces in eV/Å, stress in eV/Å^3 (ASE sign
-convention, ``sigma = (1/V) dE/d(strain)`` as a (3, 3) array), dipole in e·Å.
-tblite works in atomic units (Bohr, Hartree); the conversions use
-``ase.units.Bohr`` and ``ase.units.Hartree``.
+convention, ``sigma = (1/V) dE/d(strain)`` as a (3, 3) array), dipole in e·Å,
+fields in V/Å, Born charges in e, polarizability in e·Å^2/V. tblite works in atomic
+units (Bohr, Hartree, fields in Hartree/(e·Bohr)); the conversions use
+``ase.units.Bohr`` and ``ase.units.Hartree`` (1 V/Å = ``Bohr / Hartree`` a.u.,
+:data:`FIELD_AU`).
+
+Field convention: a field E (V/Å) adds ``-E . mu`` to the energy (mu the dipole of
+nuclei and electrons about the coordinate origin), so ``d energy / d E = -mu`` and a
+charge q feels the force ``q E``. Hence the two independent routes to the Born
+charges, ``Z[i, a, b] = d mu_a / d R_ib = d F_ib / d E_a`` (Maxwell relation), both
+checked in ``tests/test_water_reference.py``.
 
 Labels are stored on :class:`ase.Atoms` under these names:
 
-=========================== ============ ========== ==============================
+=========================== ============ ========== ==================================
  key                         where        shape      unit
-=========================== ============ ========== ==============================
+=========================== ============ ========== ==================================
  ``REF_energy``              ``info``     scalar     eV
  ``REF_forces``              ``arrays``   (N, 3)     eV/Å
  ``REF_charges``             ``arrays``   (N,)       e (Mulliken)
  ``REF_dipole``              ``info``     (3,)       e·Å
  ``REF_stress``              ``info``     (3, 3)     eV/Å^3 (periodic frames only)
+ ``REF_born_charges``        ``arrays``   (N, 9)     e; row-major ``Z[i]`` (3, 3),
+                                                     ``Z[i, a, b] = d mu_a / d R_ib``
+                                                     (molecules only)
+ ``REF_polarizability``      ``info``     (9,)       e·Å^2/V; row-major (3, 3),
+                                                     ``alpha[a, b] = d mu_a / d E_b``
+                                                     (molecules only)
  ``charge``                  ``info``     scalar     e (total charge)
-=========================== ============ ========== ==============================
+ ``field``                   ``info``     (3,)       V/Å (external field; absent = 0);
+                                                     all labels are at this field
+=========================== ============ ========== ==================================
 
 ``REF_stress`` is stored as a (3, 3) numpy array. ASE's extxyz writer stores it
 either as a JSON nested list (ASE >= 3.23) or as 9 numbers (older versions), so
@@ -40,16 +58,47 @@ import numpy as np
 from ase import Atoms
 from ase.units import Bohr, Hartree, fs, kB
 
-__all__ = ["label", "label_frames", "sample", "nacl_cluster"]
+__all__ = [
+    "label",
+    "label_frames",
+    "born_charges",
+    "polarizability",
+    "sample",
+    "relax",
+    "nacl_cluster",
+    "water_cluster",
+]
 
 _METHODS = ("GFN2-xTB", "GFN1-xTB", "IPEA1-xTB")
-_REF_INFO_KEYS = ("REF_energy", "REF_dipole", "REF_stress")
-_REF_ARRAY_KEYS = ("REF_forces", "REF_charges")
+_REF_INFO_KEYS = ("REF_energy", "REF_dipole", "REF_stress", "REF_polarizability")
+_REF_ARRAY_KEYS = ("REF_forces", "REF_charges", "REF_born_charges")
+_ROUTES = ("dipole", "forces")
+
+#: 1 V/Å in tblite's field unit Hartree/(e·Bohr) (about 1/51.42).
+FIELD_AU = Bohr / Hartree
 
 #: Langevin friction used by :func:`sample`, in 1/fs.
 FRICTION_PER_FS = 0.01
 #: Rock-salt lattice constant of NaCl used by :func:`nacl_cluster`, in Å.
 NACL_LATTICE_CONSTANT = 5.64
+#: O-H bond length (Å), H-O-H angle (degrees) and hydrogen-bonded O...O distance (Å)
+#: of the starting geometries of :func:`water_cluster`.
+WATER_OH, WATER_HOH, WATER_OO = 0.96, 104.5, 2.8
+#: default tblite accuracy of :func:`born_charges` and :func:`polarizability`. With
+#: tblite's default (1.0) the two Born-charge routes differ by ~3e-2 e for water; with
+#: 1e-3 by ~1e-4 e, with 1e-5 by ~1e-6 e (monomer, dimer, pentamer), at a few percent
+#: more SCC iterations.
+RESPONSE_ACCURACY = 1e-5
+#: default position step of ``born_charges(route="dipole")``, in Å: central-difference
+#: truncation error ~1e-4 e at 1e-2 Å, ~1e-5 e at 3e-3 Å, so ~1e-6 e here, and SCC
+#: noise below that (water clusters, accuracy 1e-5).
+BORN_DELTA_DIPOLE = 1e-3
+#: default field step of ``born_charges(route="forces")`` and :func:`polarizability`,
+#: in V/Å: truncation error ~4e-5 e at 0.1 V/Å and ~3e-6 e at 0.03 V/Å (so ~1e-7 e
+#: here); SCC noise grows below 1e-3 V/Å (~1e-5 e at 1e-4 V/Å).
+BORN_DELTA_FORCES = 5e-3
+#: default field step of :func:`polarizability`, in V/Å (see ``BORN_DELTA_FORCES``).
+POLARIZABILITY_DELTA = 5e-3
 
 
 def _import_tblite():
@@ -126,8 +175,50 @@ def _is_int(x) -> bool:
     return _is_real(x) and float(x).is_integer()
 
 
-def _make_calculator(atoms: Atoms, charge: float, method: str, accuracy: float, max_iter: int):
-    """A quiet tblite calculator for ``atoms`` (positions/cell converted to Bohr)."""
+def _external_field(atoms: Atoms, field) -> np.ndarray:
+    """The external field (3,) in V/Å: ``field``, else ``atoms.info["field"]``, else zero.
+
+    A nonzero field on a periodic structure is refused: tblite's field term is the
+    molecular ``-mu . E`` (position operator), which is not defined under periodic
+    boundary conditions.
+    """
+    name = "field"
+    if field is None:
+        field = atoms.info.get("field")
+        name = 'field (from atoms.info["field"])'
+        if field is None:
+            return np.zeros(3)
+    try:
+        value = np.array(field, dtype=float)
+    except (TypeError, ValueError) as err:
+        raise ValueError(
+            f"{name} must be a (3,) electric field vector in V/Å, got {field!r}"
+        ) from err
+    if value.shape != (3,):
+        raise ValueError(
+            f"{name} must be a (3,) electric field vector in V/Å, got shape {value.shape}"
+        )
+    if not np.all(np.isfinite(value)):
+        raise ValueError(f"{name} must be finite, got {value.tolist()}")
+    if value.any() and atoms.pbc.any():
+        raise ValueError(
+            f"{name} is nonzero but the structure is periodic (pbc={atoms.pbc.tolist()}): "
+            "an external electric field is supported for non-periodic structures "
+            "(molecules, clusters) only"
+        )
+    return value
+
+
+def _make_calculator(
+    atoms: Atoms,
+    charge: float,
+    method: str,
+    accuracy: float,
+    max_iter: int,
+    field: np.ndarray | None = None,
+):
+    """A quiet tblite calculator for ``atoms`` (positions/cell converted to Bohr), with
+    tblite's uniform electric-field interaction when ``field`` (V/Å) is nonzero."""
     Calculator = _import_tblite()
     kwargs = {}
     if atoms.pbc.any():
@@ -143,6 +234,10 @@ def _make_calculator(atoms: Atoms, charge: float, method: str, accuracy: float, 
     calc.set("verbosity", 0)
     calc.set("accuracy", float(accuracy))
     calc.set("max-iter", int(max_iter))
+    if field is not None and np.any(field):
+        # tblite 0.8's cffi wrapper wants a C double pointer (or a list, which cffi turns
+        # into a temporary array); tblite copies the three values.
+        calc.add("electric-field", [float(x) * FIELD_AU for x in field])
     return calc
 
 
@@ -169,6 +264,7 @@ def label(
     method: str = "GFN2-xTB",
     accuracy: float = 1.0,
     max_iterations: int = 250,
+    field=None,
 ) -> dict:
     """Single-point tight-binding reference labels for one structure.
 
@@ -185,11 +281,18 @@ def label(
         accuracy: tblite accuracy (SCC convergence thresholds scale with it;
             smaller is tighter).
         max_iterations: maximum number of SCC iterations.
+        field: uniform external electric field, (3,) in V/Å; defaults to
+            ``atoms.info.get("field")`` and to no field when neither is given.
+            Applied through tblite's ``"electric-field"`` interaction, which adds
+            ``-E . mu`` (mu the dipole of the nuclei and the electrons, in the
+            coordinate origin's frame) to the energy: the energy satisfies
+            ``d energy / d field = -dipole`` and the forces include the field's
+            force (they sum to ``charge * field``). Non-periodic structures only.
 
     Returns:
         dict with
 
-        - ``"energy"``: float, total energy in eV;
+        - ``"energy"``: float, total energy in eV (including the field term);
         - ``"forces"``: (N, 3) array, eV/Å (minus the energy gradient);
         - ``"charges"``: (N,) array, Mulliken partial charges in e (they sum
             to the total charge);
@@ -201,14 +304,16 @@ def label(
 
     Raises:
         ImportError: if tblite is not installed.
-        ValueError: on invalid ``atoms``, ``charge``, ``method``, ``accuracy`` or
-            ``max_iterations``.
+        ValueError: on invalid ``atoms``, ``charge``, ``method``, ``accuracy``,
+            ``max_iterations`` or ``field`` (wrong shape, non-finite, or nonzero on a
+            periodic structure).
         tblite.exceptions.TBLiteRuntimeError: if the SCC calculation fails.
     """
     _check_atoms(atoms)
     _check_settings(method, accuracy, max_iterations)
     q = _total_charge(atoms, charge)
-    calc = _make_calculator(atoms, q, method, accuracy, max_iterations)
+    efield = _external_field(atoms, field)
+    calc = _make_calculator(atoms, q, method, accuracy, max_iterations, efield)
     return _results(calc.singlepoint(), atoms)
 
 
@@ -223,45 +328,269 @@ def _strip_labels(atoms: Atoms) -> Atoms:
     return out
 
 
-def label_frames(frames: Iterable[Atoms], **kw) -> list[Atoms]:
+def label_frames(
+    frames: Iterable[Atoms],
+    *,
+    response: bool = False,
+    born_delta: float | None = None,
+    field_delta: float | None = None,
+    **kw,
+) -> list[Atoms]:
     """Label a sequence of structures with :func:`label`.
 
     Args:
         frames: iterable of :class:`ase.Atoms` (each may carry its own total
-            charge in ``info["charge"]``).
+            charge in ``info["charge"]`` and external field in ``info["field"]``).
+        response: also store the Born charges (:func:`born_charges`, route
+            ``"dipole"``) and the polarizability (:func:`polarizability`), at the
+            frame's field (non-periodic frames only; 6 N + 6 extra single points).
+        born_delta: position step (Å) of the Born charges (default
+            :data:`BORN_DELTA_DIPOLE`); used with ``response``.
+        field_delta: field step (V/Å) of the polarizability (default
+            :data:`POLARIZABILITY_DELTA`); used with ``response``.
         **kw: keyword arguments forwarded to :func:`label` (``charge``,
-            ``method``, ``accuracy``, ``max_iterations``). A ``charge`` given here
-            overrides every frame's ``info["charge"]``.
+            ``method``, ``accuracy``, ``max_iterations``, ``field``). A ``charge``
+            or ``field`` given here overrides every frame's ``info["charge"]`` or
+            ``info["field"]``. With ``response``, ``method``, ``accuracy`` and
+            ``max_iterations`` are forwarded to the response functions too (their
+            default accuracy is :data:`RESPONSE_ACCURACY` when none is given).
 
     Returns:
         list of copies of the frames (inputs are not modified) with
         ``info["REF_energy"]`` (eV), ``arrays["REF_forces"]`` ((N, 3), eV/Å),
         ``arrays["REF_charges"]`` ((N,), e), ``info["REF_dipole"]`` ((3,), e·Å),
-        ``info["REF_stress"]`` ((3, 3), eV/Å^3; periodic frames only) and
-        ``info["charge"]`` (the total charge used, e). Stale ``REF_`` labels of
-        the inputs are removed first.
+        ``info["REF_stress"]`` ((3, 3), eV/Å^3; periodic frames only),
+        ``info["charge"]`` (the total charge used, e), ``info["field"]`` ((3,), V/Å;
+        when a field was given here), and with ``response``
+        ``arrays["REF_born_charges"]`` ((N, 9), e; row-major ``Z[i]``) and
+        ``info["REF_polarizability"]`` ((9,), e·Å^2/V; row-major). Stale ``REF_``
+        labels of the inputs are removed first.
     """
-    unknown = set(kw) - {"charge", "method", "accuracy", "max_iterations"}
+    unknown = set(kw) - {"charge", "method", "accuracy", "max_iterations", "field"}
     if unknown:
         raise ValueError(f"label_frames got unknown keyword argument(s): {sorted(unknown)}")
     if isinstance(frames, Atoms):
         raise ValueError("frames must be a sequence of ase.Atoms, not a single ase.Atoms")
+    response_kw = {k: kw[k] for k in ("method", "accuracy", "max_iterations") if k in kw}
     out = []
     for i, frame in enumerate(frames):
         _check_atoms(frame, name=f"frames[{i}]")
         q = _total_charge(frame, kw.get("charge"))
+        efield = _external_field(frame, kw.get("field"))
         with _single_openmp_thread():  # bitwise reproducible labels
-            labels = label(frame, **{**kw, "charge": q})
+            labels = label(frame, **{**kw, "charge": q, "field": efield})
+            if response:
+                z = born_charges(frame, charge=q, field=efield, delta=born_delta, **response_kw)
+                alpha = polarizability(
+                    frame, charge=q, field=efield, delta=field_delta, **response_kw
+                )
         new = _strip_labels(frame)
         new.info["charge"] = q
+        if kw.get("field") is not None:
+            new.info["field"] = efield
         new.info["REF_energy"] = labels["energy"]
         new.arrays["REF_forces"] = labels["forces"]
         new.arrays["REF_charges"] = labels["charges"]
         new.info["REF_dipole"] = labels["dipole"]
         if "stress" in labels:
             new.info["REF_stress"] = labels["stress"]
+        if response:
+            new.arrays["REF_born_charges"] = z.reshape(len(frame), 9)
+            new.info["REF_polarizability"] = alpha.reshape(9)
         out.append(new)
     return out
+
+
+# ------------------------------------------------------------- response properties
+
+
+class _Points:
+    """Single points of one structure at displaced positions and/or fields.
+
+    Every single point starts from the converged wavefunction of the undisplaced
+    structure at the base field (the same guess for the + and - step of a central
+    difference), and one tblite calculator is kept per distinct field (tblite's
+    field interaction cannot be changed once added).
+    """
+
+    def __init__(self, atoms, charge, method, accuracy, max_iterations, field):
+        self.atoms = atoms
+        self.args = (charge, method, accuracy, int(max_iterations))
+        self.field = np.asarray(field, dtype=float)
+        self.calcs = {}
+        self.guess = self._calc(self.field).singlepoint()
+
+    def _calc(self, field):
+        key = tuple(float(x) for x in field)
+        if key not in self.calcs:
+            charge, method, accuracy, max_iterations = self.args
+            self.calcs[key] = _make_calculator(
+                self.atoms, charge, method, accuracy, max_iterations, np.asarray(key)
+            )
+        return self.calcs[key]
+
+    def __call__(self, positions=None, dfield=None) -> dict:
+        field = self.field if dfield is None else self.field + dfield
+        calc = self._calc(field)
+        pos = self.atoms.positions if positions is None else positions
+        calc.update(positions=np.asarray(pos, dtype=float) / Bohr)
+        return _results(calc.singlepoint(self.guess, copy=True), self.atoms)
+
+
+def _response_setup(atoms, charge, method, accuracy, max_iterations, field, delta, name):
+    _check_atoms(atoms)
+    if atoms.pbc.any():
+        raise ValueError(
+            f"atoms is periodic (pbc={atoms.pbc.tolist()}): {name} uses the molecular "
+            "dipole and the molecular field term, defined for non-periodic structures only"
+        )
+    _check_settings(method, accuracy, max_iterations)
+    if not (_is_real(delta) and np.isfinite(delta) and delta > 0):
+        raise ValueError(f"delta must be a positive number, got {delta!r}")
+    q = _total_charge(atoms, charge)
+    efield = _external_field(atoms, field)
+    return _Points(atoms, q, method, accuracy, max_iterations, efield)
+
+
+def born_charges(
+    atoms: Atoms,
+    *,
+    charge: float | None = None,
+    method: str = "GFN2-xTB",
+    route: str = "dipole",
+    delta: float | None = None,
+    field=None,
+    accuracy: float | None = None,
+    max_iterations: int = 250,
+) -> np.ndarray:
+    """Born effective charges of a molecule by finite differences of tblite results.
+
+    ``Z[i, a, b] = d mu_a / d R_ib`` (e), mu the dipole in e·Å (jaxlr's convention),
+    evaluated at the external field ``field``. Two independent routes:
+
+    - ``route="dipole"``: central differences of the dipole over the 6 N
+      displacements ``R_ib +- delta`` (``delta`` in Å, default
+      :data:`BORN_DELTA_DIPOLE`);
+    - ``route="forces"``: the Maxwell relation ``Z[i, a, b] = d F_ib / d E_a``
+      (since ``d energy / d E = -mu``), central differences of the forces over the
+      6 fields ``E +- delta e_a`` (``delta`` in V/Å, default
+      :data:`BORN_DELTA_FORCES`).
+
+    Both need a tight SCC (default ``accuracy`` :data:`RESPONSE_ACCURACY`); with the
+    defaults they agree to ~1e-6 e for water clusters (monomer to pentamer). For a
+    neutral molecule ``sum_i Z[i] = 0`` (acoustic sum rule); for total charge Q it
+    is ``Q I`` (the dipole is taken about the coordinate origin). tblite runs on one
+    OpenMP thread.
+
+    Args:
+        atoms: non-periodic structure with N atoms (Å).
+        charge: total charge in e; defaults to ``atoms.info.get("charge", 0.0)``.
+        method: tblite parametrisation (see :func:`label`).
+        route: ``"dipole"`` or ``"forces"``.
+        delta: finite-difference step, Å (route ``"dipole"``) or V/Å (``"forces"``).
+        field: external field (3,) in V/Å at which Z is evaluated; defaults to
+            ``atoms.info.get("field")``, else zero.
+        accuracy: tblite accuracy (default :data:`RESPONSE_ACCURACY`).
+        max_iterations: maximum number of SCC iterations.
+
+    Returns:
+        (N, 3, 3) array in e.
+
+    Raises:
+        ImportError: if tblite is not installed.
+        ValueError: on invalid arguments or periodic ``atoms``.
+    """
+    if route not in _ROUTES:
+        raise ValueError(f"route must be one of {_ROUTES}, got {route!r}")
+    if delta is None:
+        delta = BORN_DELTA_DIPOLE if route == "dipole" else BORN_DELTA_FORCES
+    if accuracy is None:
+        accuracy = RESPONSE_ACCURACY
+    with _single_openmp_thread():
+        points = _response_setup(
+            atoms, charge, method, accuracy, max_iterations, field, delta, "born_charges"
+        )
+        n = len(atoms)
+        z = np.zeros((n, 3, 3))
+        h = float(delta)
+        if route == "dipole":
+            for i in range(n):
+                for b in range(3):
+                    mu = []
+                    for sign in (1.0, -1.0):
+                        pos = np.array(atoms.positions, dtype=float)
+                        pos[i, b] += sign * h
+                        mu.append(points(positions=pos)["dipole"])
+                    z[i, :, b] = (mu[0] - mu[1]) / (2 * h)
+        else:
+            for a in range(3):
+                forces = []
+                for sign in (1.0, -1.0):
+                    step = np.zeros(3)
+                    step[a] = sign * h
+                    forces.append(points(dfield=step)["forces"])
+                z[:, a, :] = (forces[0] - forces[1]) / (2 * h)
+    return z
+
+
+def polarizability(
+    atoms: Atoms,
+    *,
+    charge: float | None = None,
+    method: str = "GFN2-xTB",
+    delta: float | None = None,
+    field=None,
+    accuracy: float | None = None,
+    max_iterations: int = 250,
+) -> np.ndarray:
+    """Electronic (clamped-nuclei) polarizability of a molecule by finite fields.
+
+    ``alpha[a, b] = d mu_a / d E_b`` in e·Å^2/V, central differences of tblite's
+    dipole under the fields ``field +- delta e_b`` (``delta`` in V/Å, default
+    :data:`POLARIZABILITY_DELTA`; 6 single points). Multiplied by
+    ``jaxlr.units.COULOMB`` (e^2/(4 pi eps0) in eV·Å) it becomes the polarizability
+    volume ``alpha / (4 pi eps0)`` in Å^3. Symmetric up to the finite-difference
+    error (~1e-6 relative for water clusters) and positive semi-definite. GFN2-xTB's
+    minimal valence basis gives small values: the water monomer has ~0.054, 0.021
+    and 3e-5 e·Å^2/V (0.78, 0.30 and 5e-4 Å^3) along the H-H axis, the bisector and
+    the normal of the molecular plane (experiment: ~1.45 Å^3 isotropic); out-of-plane
+    response needs orbitals the basis does not have.
+
+    Args:
+        atoms: non-periodic structure with N atoms (Å).
+        charge: total charge in e; defaults to ``atoms.info.get("charge", 0.0)``.
+        method: tblite parametrisation (see :func:`label`).
+        delta: field step in V/Å.
+        field: external field (3,) in V/Å at which alpha is evaluated; defaults to
+            ``atoms.info.get("field")``, else zero.
+        accuracy: tblite accuracy (default :data:`RESPONSE_ACCURACY`).
+        max_iterations: maximum number of SCC iterations.
+
+    Returns:
+        (3, 3) array in e·Å^2/V.
+
+    Raises:
+        ImportError: if tblite is not installed.
+        ValueError: on invalid arguments or periodic ``atoms``.
+    """
+    if delta is None:
+        delta = POLARIZABILITY_DELTA
+    if accuracy is None:
+        accuracy = RESPONSE_ACCURACY
+    with _single_openmp_thread():
+        points = _response_setup(
+            atoms, charge, method, accuracy, max_iterations, field, delta, "polarizability"
+        )
+        alpha = np.zeros((3, 3))
+        h = float(delta)
+        for b in range(3):
+            mu = []
+            for sign in (1.0, -1.0):
+                step = np.zeros(3)
+                step[b] = sign * h
+                mu.append(points(dfield=step)["dipole"])
+            alpha[:, b] = (mu[0] - mu[1]) / (2 * h)
+    return alpha
 
 
 def sample(
@@ -434,3 +763,149 @@ def nacl_cluster(n_na: int, n_cl: int, seed: int = 0) -> Atoms:
     cluster = Atoms(symbols, positions=rel[chosen] * half, pbc=False)
     cluster.info["charge"] = float(n_na - n_cl)
     return cluster
+
+
+def water_cluster(n: int) -> Atoms:
+    """A hydrogen-bonded (H2O)_n starting geometry, ``n`` = 1 to 6 (unrelaxed).
+
+    - ``n = 1``: one molecule (O-H 0.96 Å, H-O-H 104.5 degrees) in the xy plane;
+    - ``n = 2``: the "linear" dimer: the donor's bonded H on the O...O axis (2.8 Å),
+      the acceptor's plane tilted so that its lone-pair side faces the donor;
+    - ``n >= 3``: the cyclic cluster: O atoms on a regular n-gon with O...O edges of
+      2.8 Å, each molecule donating one hydrogen bond to the next one around the
+      ring (H on the O...O line), its free H pointing out of the ring plane,
+      alternately up and down (frustrated for odd n, as in the real trimer and
+      pentamer).
+
+    Relax it (:func:`relax`) before sampling. Atoms are ordered O, H, H per molecule.
+
+    Args:
+        n: number of water molecules.
+
+    Returns:
+        non-periodic :class:`ase.Atoms` (3 n atoms, Å) centred at the origin, with
+        ``info["charge"] = 0.0``.
+
+    Raises:
+        ValueError: if ``n`` is not an integer in 1..6.
+    """
+    if not (_is_int(n) and 1 <= n <= 6):
+        raise ValueError(f"n must be an integer from 1 to 6 (water molecules), got {n!r}")
+    n = int(n)
+    theta = np.deg2rad(WATER_HOH)
+    if n == 1:
+        half = theta / 2
+        o = np.zeros(3)
+        h1 = WATER_OH * np.array([np.sin(half), np.cos(half), 0.0])
+        h2 = WATER_OH * np.array([-np.sin(half), np.cos(half), 0.0])
+        positions = [o, h1, h2]
+    elif n == 2:
+        # donor: O at the origin, H1 towards the acceptor along +x, H2 in the xy plane
+        h2_dir = np.array([np.cos(theta), np.sin(theta), 0.0])
+        donor = [np.zeros(3), WATER_OH * np.array([1.0, 0, 0]), WATER_OH * h2_dir]
+        # acceptor: O at (d, 0, 0); its bisector points away from the donor, tilted by
+        # ~57 degrees so that a lone pair faces the donating H; H atoms at +-z
+        tilt = np.deg2rad(57.0)
+        bisector = np.array([np.cos(tilt), np.sin(tilt), 0.0])
+        normal = np.array([0.0, 0.0, 1.0])
+        oa = np.array([WATER_OO, 0.0, 0.0])
+        acceptor = [
+            oa,
+            oa + WATER_OH * (np.cos(theta / 2) * bisector + np.sin(theta / 2) * normal),
+            oa + WATER_OH * (np.cos(theta / 2) * bisector - np.sin(theta / 2) * normal),
+        ]
+        positions = donor + acceptor
+    else:
+        radius = WATER_OO / (2 * np.sin(np.pi / n))
+        angles = 2 * np.pi * np.arange(n) / n
+        oxygens = radius * np.stack([np.cos(angles), np.sin(angles), np.zeros(n)], axis=1)
+        positions = []
+        for k in range(n):
+            o = oxygens[k]
+            u = oxygens[(k + 1) % n] - o
+            u /= np.linalg.norm(u)  # donated H-bond direction
+            out = np.array([o[0], o[1], 0.0]) / radius  # radial, away from the ring
+            up = np.array([0.0, 0.0, 1.0 if k % 2 == 0 else -1.0])
+            v = out + 1.5 * up
+            v -= np.dot(v, u) * u
+            v /= np.linalg.norm(v)
+            h1 = o + WATER_OH * u
+            h2 = o + WATER_OH * (np.cos(theta) * u + np.sin(theta) * v)
+            positions += [o, h1, h2]
+    positions = np.array(positions)
+    positions -= positions.mean(axis=0)
+    atoms = Atoms("OHH" * n, positions=positions, pbc=False)
+    atoms.info["charge"] = 0.0
+    return atoms
+
+
+def relax(
+    atoms: Atoms,
+    *,
+    fmax: float = 0.02,
+    max_steps: int = 500,
+    max_move: float = 0.1,
+    charge: float | None = None,
+    method: str = "GFN2-xTB",
+) -> Atoms:
+    """Relax a non-periodic structure with tblite forces (deterministic steepest descent).
+
+    Steps ``x += s F`` with the displacement capped at ``max_move`` Å per atom; ``s``
+    grows by 1.2 after a step that lowers the energy and is halved (the step undone)
+    after one that does not. Stops when the largest force is below ``fmax`` eV/Å or
+    after ``max_steps`` energy evaluations. tblite runs on one OpenMP thread, so the
+    result is reproducible bit for bit. Good enough for starting geometries of
+    sampling, not a replacement for a quasi-Newton optimiser.
+
+    Args:
+        atoms: starting structure (Å); not modified.
+        fmax: force convergence threshold in eV/Å.
+        max_steps: maximum number of single points.
+        max_move: largest displacement of an atom in one step, Å.
+        charge: total charge in e; defaults to ``atoms.info.get("charge", 0.0)``.
+        method: tblite parametrisation (see :func:`label`).
+
+    Returns:
+        a relaxed copy (``REF_`` labels removed, ``info["charge"]`` set).
+    """
+    _check_atoms(atoms)
+    _check_settings(method, 1.0, 250)
+    if atoms.pbc.any():
+        raise ValueError("relax supports non-periodic atoms only")
+    for name, value in (("fmax", fmax), ("max_move", max_move)):
+        if not (_is_real(value) and np.isfinite(value) and value > 0):
+            raise ValueError(f"{name} must be a positive number, got {value!r}")
+    if not (_is_int(max_steps) and max_steps >= 1):
+        raise ValueError(f"max_steps must be a positive integer, got {max_steps!r}")
+    q = _total_charge(atoms, charge)
+    calc = _make_calculator(atoms, q, method, 1.0, 250)
+    res = None
+
+    def evaluate(pos):
+        nonlocal res
+        calc.update(positions=pos / Bohr)
+        res = calc.singlepoint(res)
+        gradient = np.asarray(res.get("gradient"), dtype=float) * (Hartree / Bohr)
+        return float(res.get("energy")) * Hartree, -gradient
+
+    pos = np.array(atoms.positions, dtype=float)
+    with _single_openmp_thread():
+        energy, forces = evaluate(pos)
+        scale = 0.01  # Å^2/eV
+        for _ in range(int(max_steps) - 1):
+            if np.abs(forces).max() < fmax:
+                break
+            step = scale * forces
+            longest = np.linalg.norm(step, axis=1).max()
+            if longest > max_move:
+                step *= max_move / longest
+            trial_energy, trial_forces = evaluate(pos + step)
+            if trial_energy < energy:
+                pos, energy, forces = pos + step, trial_energy, trial_forces
+                scale *= 1.2
+            else:
+                scale *= 0.5
+    out = _strip_labels(atoms)
+    out.positions = pos
+    out.info["charge"] = q
+    return out
