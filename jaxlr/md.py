@@ -199,6 +199,7 @@ def model_neighbor_list(
     fractional_coordinates=True,
     dr_threshold=0.5,
     capacity_multiplier=1.25,
+    field=None,
     **neighbor_kwargs,
 ):
     """A trained jaxlr model (or a ``jaxlr fit`` run folder) as a jax-md energy.
@@ -210,15 +211,23 @@ def model_neighbor_list(
       species: (N,) atomic numbers.
       total_charge: the system's total charge (e) for charge models.
       accuracy: relative Ewald accuracy of the charge models.
+      field: optional (3,) external field (V/Å, charge models): the energy becomes
+        the electric enthalpy ``U - V P . field`` with the cell dipole ``V P`` of
+        :mod:`jaxlr.response` (atoms at their images inside the cell, so the field
+        force ``Z_i^T field`` uses image-independent Born charges with an exact sum
+        rule). A field does work on a conducting cell: use a thermostat.
 
     Returns:
-      ``(neighbor_fn, energy_fn)``; ``energy_fn(R, neighbor, **kwargs)`` in eV, and
-      ``energy_fn.charges(R, neighbor, **kwargs)`` the model's charges (charge models).
+      ``(neighbor_fn, energy_fn)``; ``energy_fn(R, neighbor, **kwargs)`` in eV,
+      ``energy_fn.charges(R, neighbor, **kwargs)`` the model's charges and
+      ``energy_fn.dipole(R, neighbor, **kwargs)`` the cell dipole ``V P`` (e·Å;
+      charge models).
     """
     from jax_md import partition
 
     from jaxlr.data import Frame
     from jaxlr.models import _potentials as pot
+    from jaxlr.response import anchored_positions
 
     model = model_or_run
     if not hasattr(model, "cutoff"):
@@ -264,14 +273,36 @@ def model_neighbor_list(
         c = c.astype(R.dtype)
         cart, frac = _cartesian(R, base.astype(R.dtype), c, fractional_coordinates)
         pairs = _pairs_from(neighbor, frac, n, cutoff, False)
-        return model(cart, numbers_j, mask, pairs, c, jnp.asarray(total_charge, R.dtype), el)
+        out = model(cart, numbers_j, mask, pairs, c, jnp.asarray(total_charge, R.dtype), el)
+        if model.has_charges:
+            out = dict(
+                out, dipole=jnp.sum(out["charges"][:, None] * anchored_positions(cart, c), 0)
+            )
+        return out
+
+    e_field = _field(field, model)
 
     def energy_fn(R, neighbor, **kwargs):
-        return outputs(R, neighbor, **kwargs)["energy"]
+        out = outputs(R, neighbor, **kwargs)
+        if e_field is None:
+            return out["energy"]
+        return out["energy"] - jnp.dot(out["dipole"], e_field.astype(R.dtype))
 
     energy_fn.charges = lambda R, neighbor, **kw: outputs(R, neighbor, **kw)["charges"]
+    energy_fn.dipole = lambda R, neighbor, **kw: outputs(R, neighbor, **kw)["dipole"]
     energy_fn.cutoff = cutoff
     return neighbor_fn, energy_fn
+
+
+def _field(field, model):
+    if field is None:
+        return None
+    e = np.asarray(field, np.float64)
+    if e.shape != (3,) or not np.all(np.isfinite(e)):
+        raise ValueError(f"field must be 3 finite numbers (V/Å), got {field!r}")
+    if not model.has_charges:
+        raise ValueError("a field needs a charge model (explicit or latent)")
+    return jnp.asarray(e)
 
 
 # ---------------------------------------------------------------------- driver
@@ -314,9 +345,12 @@ def run(
       steps: MD steps; dt: time step (fs); temperature: K (initial velocities, and
         the thermostat for ``nvt`` / ``npt``); ensemble: ``nve``, ``nvt`` (Nose-Hoover
         chain) or ``npt`` (Nose-Hoover, isotropic, cells only) at ``pressure`` (GPa).
-      field: optional (3,) external field (V/Å) coupled as ``-sum_i q_i r_i . field``
-        (molecules with a charge model; cells need the polarization of the finite-field
-        work and raise).
+      field: optional (3,) external field (V/Å, charge models) through the electric
+        enthalpy ``U - mu . field``: ``mu = sum_i q_i r_i`` for a molecule, the cell
+        dipole ``V P`` of :mod:`jaxlr.response` for a cell. ``potential`` and ``total``
+        in the log are then the enthalpy (conserved in NVE for a molecule); in a
+        conducting cell the field does work (Joule heating), so use ``nvt``. The log
+        gains the dipole ``dipole_x/y/z`` (e·Å) for charge models.
       every: steps between log lines / trajectory frames. out: folder for
         ``thermo.csv``, ``trajectory.extxyz`` and ``energy.png`` (None: no files).
 
@@ -340,24 +374,23 @@ def run(
     charge = float(atoms.info.get("charge", 0.0))
     n = len(numbers)
     dtype = jnp.asarray(1.0).dtype
+    field = _field(field, model)
     if field is not None:
-        field = jnp.asarray(np.asarray(field, np.float64), dtype)
-        if field.shape != (3,):
-            raise ValueError(f"field must be 3 numbers (V/Å), got shape {field.shape}")
-        if periodic:
-            raise ValueError(
-                "a field in a periodic cell couples through the polarization (the finite-"
-                "field work); here only molecules take --field"
-            )
-        if not model.has_charges:
-            raise ValueError("a field needs a charge model (explicit or latent)")
+        field = field.astype(dtype)
     if periodic:
         cell = np.asarray(atoms.cell.array, np.float64)
         box = jnp.asarray(cell.T, dtype)
         displacement, shift = space.periodic_general(box)
         neighbor_fn, energy_fn = model_neighbor_list(
-            model, displacement, box, numbers, total_charge=charge, accuracy=accuracy
+            model,
+            displacement,
+            box,
+            numbers,
+            total_charge=charge,
+            accuracy=accuracy,
+            field=field,
         )
+        dipole_fn = energy_fn.dipole if model.has_charges else None
         R = jnp.asarray(atoms.get_scaled_positions(), dtype)
         nbrs = neighbor_fn.allocate(R)
     else:
@@ -375,6 +408,13 @@ def run(
             if field is not None:
                 e = e - jnp.sum(out["charges"][:, None] * R * field[None, :])
             return e
+
+        def dipole_fn(R, neighbor=None, **kw):
+            out = model(R, numbers_j, mask, pairs, None, jnp.asarray(charge, R.dtype), el)
+            return jnp.sum(out["charges"][:, None] * R, axis=0)
+
+        if not model.has_charges:
+            dipole_fn = None
 
         neighbor_fn = None
         R = jnp.asarray(atoms.positions, dtype)
@@ -424,11 +464,13 @@ def run(
         if ensemble == "npt":
             kwargs["box"] = simulate.npt_box(state)
         kin = quantity.kinetic_energy(momentum=state.momentum, mass=state.mass)
-        return energy_fn(state.position, **kwargs), kin
+        mu = jnp.zeros(3) if dipole_fn is None else dipole_fn(state.position, **kwargs)
+        return energy_fn(state.position, **kwargs), kin, mu
 
     def thermo(state, nbrs):
-        pot_e, kin = (float(x) for x in energies(state, nbrs))
-        return pot_e, kin, 2.0 * kin / (3 * n * KB)
+        pot_e, kin, mu = energies(state, nbrs)
+        pot_e, kin = float(pot_e), float(kin)
+        return pot_e, kin, 2.0 * kin / (3 * n * KB), np.asarray(mu)
 
     from tqdm.auto import tqdm
 
@@ -441,13 +483,16 @@ def run(
         "temperature": [],
         "volume": [],
     }
+    if dipole_fn is not None:
+        log.update(dipole_x=[], dipole_y=[], dipole_z=[])
     frames = []
 
     def record(step, state, nbrs):
-        pot_e, kin, temp = thermo(state, nbrs)
+        pot_e, kin, temp, mu = thermo(state, nbrs)
         b = current_box(state)
         volume = float(abs(np.linalg.det(np.asarray(b)))) if b is not None else float("nan")
-        for k, v in zip(log, (step, step * dt, pot_e, kin, pot_e + kin, temp, volume)):
+        values = (step, step * dt, pot_e, kin, pot_e + kin, temp, volume, *mu.tolist())
+        for k, v in zip(log, values):
             log[k].append(v)
         frames.append(_to_atoms(atoms, state, b, pot_e, periodic))
         if not np.isfinite(pot_e + kin):
