@@ -2,9 +2,14 @@
 
 ``Calculator(model)`` or ``Calculator.from_run("runs/fit-...")`` gives energy and
 free_energy (eV), forces (eV/Å), stress (Voigt xx, yy, zz, yz, xz, xy in eV/Å^3, ASE's
-sign; periodic cells), charges (e, charge models) and dipole (e·Å, molecules with a
-charge model) as float64 numpy arrays. The total charge comes from
-``atoms.info["charge"]`` (default 0).
+sign; periodic cells), charges (e, charge models), dipole (e·Å; for a cell the cell
+dipole ``V P``), polarization (e/Å^2, cells, branch nearest zero) and
+born_effective_charges ((N, 3, 3) e, ``Z[i, a, b] = d mu_a / d R_ib``, computed only when
+asked for) as float64 numpy arrays. The total charge comes from
+``atoms.info["charge"]`` (default 0); an external field (V/Å) from
+``atoms.info["field"]`` or the calculator's ``field``: the energy is then the electric
+enthalpy ``U - mu . field`` and the forces include the field force
+(:mod:`jaxlr.response`).
 
 Step after step it stays compiled: the neighbour list is built on the host with a
 ``skin`` and reused until an atom has moved more than ``skin / 2`` (or the cell, the
@@ -34,9 +39,19 @@ class Calculator(_AseCalculator):
       atom_multiple, pair_multiple: padding granularity of the capacity buckets.
       species: atomic numbers the model was trained on (default: the model's
         ``trained_species`` when it has them); others raise.
+      field: default external field (3,) V/Å (``atoms.info["field"]`` wins).
     """
 
-    implemented_properties = ["energy", "free_energy", "forces", "stress", "charges", "dipole"]
+    implemented_properties = [
+        "energy",
+        "free_energy",
+        "forces",
+        "stress",
+        "charges",
+        "dipole",
+        "polarization",
+        "born_effective_charges",
+    ]
 
     def __init__(
         self,
@@ -47,6 +62,7 @@ class Calculator(_AseCalculator):
         atom_multiple=8,
         pair_multiple=256,
         species=None,
+        field=None,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -64,6 +80,7 @@ class Calculator(_AseCalculator):
         self.pair_multiple = int(pair_multiple)
         known = species if species is not None else getattr(model, "trained_species", None)
         self.species = None if known is None else {int(z) for z in known}
+        self.field = None if field is None else self._check_field(field, "field")
         graphdef, self._state = nnx.split(model)
         self.compilations = 0
         self._list = None  # (reference positions, cell, numbers, i, j, shifts)
@@ -71,15 +88,17 @@ class Calculator(_AseCalculator):
         self._cutoff = float(model.cutoff)
         self._route_key = self._route_value = None
 
-        def evaluate(state, positions, numbers, mask, i, j, shifts, pmask, cell, charge, el):
+        def evaluate(
+            state, positions, numbers, mask, i, j, shifts, pmask, cell, charge, field, el, born
+        ):
             self.compilations += 1  # runs only while tracing: one per compilation
             from jaxlr.neighbors import Pairs
 
             m = nnx.merge(graphdef, state)
             pairs = Pairs(i, j, shifts, pmask, self._cutoff + self.skin, False)
-            return pot.predict(m, positions, numbers, mask, pairs, cell, charge, el)
+            return pot.predict(m, positions, numbers, mask, pairs, cell, charge, el, field, born)
 
-        self._evaluate = jax.jit(evaluate, static_argnums=10)
+        self._evaluate = jax.jit(evaluate, static_argnums=(11, 12))
 
     @classmethod
     def from_run(cls, run, *, which="best", **kwargs):
@@ -89,6 +108,17 @@ class Calculator(_AseCalculator):
         return cls(train.load(run, which=which), **kwargs)
 
     # ------------------------------------------------------------------ helpers
+
+    def _check_field(self, field, name):
+        value = np.asarray(field, np.float64)
+        if value.shape != (3,) or not np.all(np.isfinite(value)):
+            raise ValueError(f"{name} must be 3 finite numbers (V/Å), got {field!r}")
+        if np.any(value) and not self.model.has_charges:
+            raise ValueError(
+                f"{name}: model {type(self.model).__name__} has no charges to couple to a "
+                "field; use a charge model (explicit or latent)"
+            )
+        return value
 
     def _check(self, atoms):
         numbers = atoms.get_atomic_numbers()
@@ -179,6 +209,12 @@ class Calculator(_AseCalculator):
 
         atoms = self.atoms
         numbers, pbc, charge = self._check(atoms)
+        field = atoms.info.get("field")
+        field = self.field if field is None else self._check_field(field, "atoms.info['field']")
+        field = np.zeros(3) if field is None else field
+        born = "born_effective_charges" in properties
+        if born and not self.model.has_charges:
+            raise ValueError("born_effective_charges need a charge model (explicit or latent)")
         positions = np.asarray(atoms.positions, np.float64)
         cell = np.asarray(atoms.cell.array, np.float64) if any(pbc) else None
         frame = Frame(positions, numbers, cell, pbc, charge)
@@ -209,7 +245,9 @@ class Calculator(_AseCalculator):
             jnp.asarray(pm),
             jnp.asarray(cell if cell is not None else np.eye(3), dtype),
             jnp.asarray(charge, dtype),
+            jnp.asarray(field, dtype),
             el,
+            born,
         )
         energy = float(out["energy"])
         self.results["energy"] = energy
@@ -222,5 +260,10 @@ class Calculator(_AseCalculator):
             )
         if self.model.has_charges:
             self.results["charges"] = np.asarray(out["charges"], np.float64)[:n]
-            if cell is None:
-                self.results["dipole"] = np.asarray(out["dipole"], np.float64)
+            self.results["dipole"] = np.asarray(out["dipole"], np.float64)
+            if cell is not None and all(pbc):
+                self.results["polarization"] = np.asarray(out["polarization"], np.float64)
+            if born:
+                self.results["born_effective_charges"] = np.asarray(
+                    out["born_charges"], np.float64
+                )[:n]

@@ -42,6 +42,51 @@ def test_charged_molecule_conserves_charge_and_gives_a_dipole():
     np.testing.assert_allclose(atoms.get_dipole_moment(), q @ atoms.positions, atol=1e-12)
 
 
+def test_field_born_charges_and_polarization(cell_atoms):
+    """Forces under info['field'] are the enthalpy's; Born charges are d F / d field
+    (finite differences through the calculator) with an exact sum rule; cells get a
+    polarization on the branch nearest zero."""
+    from jaxlr import response
+
+    model = models.build("latent", **SMALL, seed=4)
+    atoms = to_atoms(datasets.load("water_clusters")[60])
+    atoms.info.pop("field", None)
+    atoms.calc = Calculator(model)
+    z = atoms.calc.get_property("born_effective_charges", atoms)
+    assert z.shape == (len(atoms), 3, 3) and response.acoustic_sum_rule_violation(z) < 1e-10
+    h = 1e-4
+    for a in range(3):
+        e = np.zeros(3)
+        e[a] = h
+        f = []
+        for sign in (1, -1):
+            moved = atoms.copy()
+            moved.info["field"] = sign * e
+            moved.calc = Calculator(model)
+            f.append(moved.get_forces())
+        np.testing.assert_allclose((f[0] - f[1]) / (2 * h), z[:, a, :], atol=1e-8)
+    # the enthalpy: E(field) = U - mu . field
+    fielded = atoms.copy()
+    fielded.info["field"] = np.array([0.0, 0.05, 0.02])
+    fielded.calc = Calculator(model)
+    assert fielded.get_potential_energy() == pytest.approx(
+        atoms.get_potential_energy() - atoms.get_dipole_moment() @ fielded.info["field"],
+        abs=1e-10,
+    )
+    cell = cell_atoms.copy()
+    cell.calc = Calculator(model)
+    p = cell.calc.get_property("polarization", cell)
+    frac = p * cell.get_volume() @ np.linalg.inv(cell.cell.array)
+    assert p.shape == (3,) and np.all(np.abs(frac) <= 0.5)
+    np.testing.assert_allclose(
+        p * cell.get_volume(),
+        cell.get_dipole_moment() - np.round(frac) @ cell.cell.array,
+        atol=1e-10,
+    )
+    with pytest.raises(ValueError, match="field"):
+        Calculator(models.build("short_range", **SMALL), field=[0, 0, 0.1])
+
+
 def test_md_compiles_once_per_bucket_and_caches_results(cell_atoms):
     from ase import units
     from ase.md.verlet import VelocityVerlet
