@@ -196,12 +196,31 @@ def run_fit(
     if baseline and cfg.model != "short_range":
         base_cfg = train.TrainConfig.from_dict({**cfg.to_dict(), "model": "short_range"})
         base_resume = resume and (out / "baseline" / "config.json").exists()
+        # a ShortRange model has no dipole to couple to a field: its baseline trains and
+        # is compared on the field-free frames only (stated in the report)
+        base_frames, base_test = frames, None
+        if any(_fielded(f) for f in frames):
+            held = {id(f) for f in main["test"]}
+            base_frames = [f for f in frames if not _fielded(f) and id(f) not in held]
+            base_test = [f for f in main["test"] if not _fielded(f)]
+            if not base_frames or not base_test:
+                raise ValueError("too few frames without a field: train with --no-baseline")
         results["short_range"] = train.fit(
-            frames, base_cfg, out / "baseline", progress=progress, resume=base_resume
+            base_frames,
+            base_cfg,
+            out / "baseline",
+            progress=progress,
+            resume=base_resume,
+            test_frames=base_test,
         )
         names["short_range"] = results["short_range"]["model"].name
     seconds = time.perf_counter() - t0
     test = main["test"]
+    if "short_range" in results and any(_fielded(f) for f in test):
+        test = [f for f in test if not _fielded(f)]
+        for r in results.values():
+            kept = {k: r["metrics"].get(k) for k in ("throughput", "epochs")}
+            r["metrics"] = {**train.evaluate_model(r["model"], test, accuracy=cfg.accuracy), **kept}
     preds = {names[k]: train.predict_frames(r["model"], test) for k, r in results.items()}
     _learning_curves({names[k]: r["history"] for k, r in results.items()}, out)
     _parity(preds, test, out)
@@ -209,6 +228,8 @@ def run_fit(
         "run": str(out),
         "data": data,
         "n_frames": len(frames),
+        "n_test": len(test),
+        "field_free_test": len(test) < len(main["test"]),
         "seconds": seconds,
         "metrics": {names[k]: r["metrics"] for k, r in results.items()},
     }
@@ -220,6 +241,10 @@ def run_fit(
     return summary
 
 
+def _fielded(frame):
+    return frame.field is not None and bool(np.any(frame.field))
+
+
 def _report(summary, cfg, names):
     metrics = summary["metrics"]
     model_name = names[cfg.model]
@@ -227,7 +252,13 @@ def _report(summary, cfg, names):
         f"jaxlr fit: {model_name} on {summary['data']} ({summary['n_frames']} frames), "
         f"{summary['seconds']:.0f} s in total",
         "",
-        "test set:",
+        "test set"
+        + (
+            f" ({summary['n_test']} frames without a field: the ShortRange baseline cannot "
+            "couple to one):"
+            if summary.get("field_free_test")
+            else ":"
+        ),
         table(
             {n: {k: v for k, v in m.items() if k in train.PROPERTIES} for n, m in metrics.items()}
         ),

@@ -121,6 +121,20 @@ def fit_command(args) -> int:
             raise SystemExit(f"jaxlr fit: --config {args.config!r}: {err}") from err
         if not isinstance(config, dict):
             raise SystemExit(f"jaxlr fit: --config {args.config!r} must hold a JSON object")
+    if args.weight:
+        from jaxlr.train import TrainConfig
+
+        config = dict(config or {})
+        weights = dict(config.get("weights") or TrainConfig().weights)
+        for item in args.weight:
+            name, sep, value = item.partition("=")
+            try:
+                weights[name.strip()] = float(value)
+            except ValueError:
+                sep = ""
+            if not sep:
+                raise SystemExit(f"jaxlr fit: --weight {item!r} must be NAME=NUMBER")
+        config["weights"] = weights
     try:
         summary = _fitjob.run_fit(
             data=args.data,
@@ -222,7 +236,7 @@ def build_parser():
         "--data",
         default="nacl_clusters",
         help="extxyz file or shipped dataset name "
-        "(nacl_clusters, nacl_bulk, random_charges; default nacl_clusters)",
+        "(nacl_clusters, nacl_bulk, random_charges, water_clusters; default nacl_clusters)",
     )
     f.add_argument(
         "--model",
@@ -231,6 +245,14 @@ def build_parser():
         help="model (default: latent, or the config file's)",
     )
     f.add_argument("--config", default=None, help="JSON file of TrainConfig fields")
+    f.add_argument(
+        "--weight",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="loss weight (repeatable): energy, forces, stress, charges, dipole, "
+        "polarization, born_charges; e.g. --weight born_charges=100",
+    )
     f.add_argument("--epochs", type=int, default=None, help="maximum epochs (default 60)")
     f.add_argument("--out", default=None, help="run folder (default runs/fit-DATE-TIME)")
     f.add_argument("--seed", type=int, default=None, help="split, shuffle and init seed")
