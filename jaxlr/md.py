@@ -268,23 +268,27 @@ def model_neighbor_list(
     numbers_j = jnp.asarray(numbers, jnp.int32)
     mask = jnp.ones(n, bool)
 
+    e_field = _field(field, model)
+
     def outputs(R, neighbor, **kwargs):
         base, c = _current_cell(box0, kwargs)
         c = c.astype(R.dtype)
         cart, frac = _cartesian(R, base.astype(R.dtype), c, fractional_coordinates)
         pairs = _pairs_from(neighbor, frac, n, cutoff, False)
-        out = model(cart, numbers_j, mask, pairs, c, jnp.asarray(total_charge, R.dtype), el)
+        args = (cart, numbers_j, mask, pairs, c, jnp.asarray(total_charge, R.dtype), el)
+        if model.couples_field and e_field is not None:
+            out = model(*args, field=e_field.astype(R.dtype))
+        else:
+            out = model(*args)
         if model.has_charges:
             out = dict(
                 out, dipole=jnp.sum(out["charges"][:, None] * anchored_positions(cart, c), 0)
             )
         return out
 
-    e_field = _field(field, model)
-
     def energy_fn(R, neighbor, **kwargs):
         out = outputs(R, neighbor, **kwargs)
-        if e_field is None:
+        if e_field is None or model.couples_field:  # QEq: the enthalpy already
             return out["energy"]
         return out["energy"] - jnp.dot(out["dipole"], e_field.astype(R.dtype))
 
@@ -402,16 +406,21 @@ def run(
         numbers_j = jnp.asarray(numbers, jnp.int32)
         mask = jnp.ones(n, bool)
 
+        def molecule(R):
+            args = (R, numbers_j, mask, pairs, None, jnp.asarray(charge, R.dtype), el)
+            if model.couples_field and field is not None:
+                return model(*args, field=field.astype(R.dtype))
+            return model(*args)
+
         def energy_fn(R, neighbor=None, **kw):
-            out = model(R, numbers_j, mask, pairs, None, jnp.asarray(charge, R.dtype), el)
+            out = molecule(R)
             e = out["energy"]
-            if field is not None:
+            if field is not None and not model.couples_field:
                 e = e - jnp.sum(out["charges"][:, None] * R * field[None, :])
             return e
 
         def dipole_fn(R, neighbor=None, **kw):
-            out = model(R, numbers_j, mask, pairs, None, jnp.asarray(charge, R.dtype), el)
-            return jnp.sum(out["charges"][:, None] * R, axis=0)
+            return jnp.sum(molecule(R)["charges"][:, None] * R, axis=0)
 
         if not model.has_charges:
             dipole_fn = None

@@ -60,6 +60,7 @@ __all__ = [
     "model_dipole_fn",
     "electric_enthalpy",
     "model_born_charges",
+    "model_polarizability",
     "model_response",
 ]
 
@@ -236,14 +237,33 @@ def electric_enthalpy(model, numbers, mask, pairs, cell, charge, electrostatics)
     field`` (eV; field V/Å; for a cell ``mu = V P``) of a jaxlr charge model, with the
     dipole in ``outputs["dipole"]``. Its derivatives give everything: forces
     ``-dF/dR``, dipole ``-dF/dfield``, Born charges ``d(-dF/dR_ib)/d field_a``."""
-    dip = model_dipole_fn(model, numbers, mask, pairs, cell, charge, electrostatics)
+    _require_charges(model)
+    periodic = electrostatics.kind != "molecule"
 
     def fn(positions, field):
-        mu, out = dip(positions)
+        if model.couples_field:  # QEq: the field enters the charge equilibration
+            out = model(positions, numbers, mask, pairs, cell, charge, electrostatics, field=field)
+        else:
+            out = model(positions, numbers, mask, pairs, cell, charge, electrostatics)
+        q = jnp.where(mask, out["charges"], 0.0)
+        x = anchored_positions(positions, cell) if periodic else positions
+        mu = jnp.sum(q[:, None] * x, axis=0)
         out = dict(out, dipole=mu)
+        if model.couples_field:
+            return out["energy"], out
         return out["energy"] - jnp.dot(mu, field), out
 
     return fn
+
+
+def model_polarizability(
+    model, positions, numbers, mask, pairs, cell, charge, electrostatics, field=None
+):
+    """Polarizability ``d mu / d field`` (e·Å^2/V, (3, 3)) of a charge model at fixed
+    nuclei: nonzero only for models whose charges respond to the field (QEq)."""
+    f = electric_enthalpy(model, numbers, mask, pairs, cell, charge, electrostatics)
+    e = jnp.zeros(3, positions.dtype) if field is None else jnp.asarray(field, positions.dtype)
+    return polarizability(lambda fld: f(positions, fld)[1]["dipole"], e)
 
 
 def model_born_charges(model, positions, numbers, mask, pairs, cell, charge, electrostatics):

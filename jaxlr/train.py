@@ -77,7 +77,7 @@ class TrainConfig:
     """Training settings (JSON-serialisable; ``TrainConfig.from_dict`` validates).
 
     Attributes:
-      model: ``short_range``, ``explicit`` or ``latent``.
+      model: ``short_range``, ``explicit``, ``latent`` or ``qeq``.
       model_args: hyper-parameters of the model (see :class:`jaxlr.models.ShortRange`).
       epochs: maximum number of epochs. batch_size: structures per step (rounded up
         to a multiple of the device count).
@@ -478,7 +478,11 @@ def _initialise(model, frames, species):
             vals = [f.charges[f.numbers == z] for f in labelled]
             vals = np.concatenate(vals) if vals else np.zeros(0)
             q[z] = vals.mean() if vals.size else 0.0
-        model.species_charge[...] = jnp.asarray(q, model.species_charge[...].dtype)
+        if hasattr(model, "species_chi"):  # QEq: chi_Z = -J_Z q_Z gives q_Z without Coulomb
+            hard = np.asarray(model.hardness(jnp.arange(_pot.MAX_NUMBER + 1)))
+            model.species_chi[...] = jnp.asarray(-hard * q, model.species_chi[...].dtype)
+        else:
+            model.species_charge[...] = jnp.asarray(q, model.species_charge[...].dtype)
 
 
 def _electrostatics(model, frames, accuracy, cutoff):

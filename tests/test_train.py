@@ -366,3 +366,43 @@ def test_jaxlr_fit_and_evaluate_end_to_end(tmp_path, capsys):
 
     first = ase.io.read(run / "predictions.extxyz", index=0)
     assert "MODEL_energy" in first.info and first.arrays["MODEL_charges"].shape == (17,)
+
+
+def test_response_labels_train_and_evaluate(tmp_path):
+    """Born charges, fields and polarization flow from the files to the loss: the
+    Born-charge loss term equals the error of predict_frames' Born charges, fields make
+    the energy the electric enthalpy, and polarization is compared modulo its quantum."""
+    frames = datasets.load("water_clusters")[::10]
+    assert any(f.field is not None for f in frames)
+    cfg = {
+        "model": "latent",
+        "model_args": SMALL,
+        "epochs": 1,
+        "weights": {"energy": 100.0, "forces": 1.0, "born_charges": 100.0},
+    }
+    run = train.fit(frames, cfg, tmp_path / "run", progress=False)
+    model, test = run["model"], run["test"]
+    m = run["metrics"]["born_charges"]
+    preds = train.predict_frames(model, test, born_charges=True)
+    d = np.concatenate([p["born_charges"] - f.born_charges for p, f in zip(preds, test)])
+    assert m["mae"] == pytest.approx(np.mean(np.abs(d)), rel=1e-10)
+    from jaxlr import response
+
+    for p, f in zip(preds, test):
+        assert response.acoustic_sum_rule_violation(p["born_charges"], f.charge) < 1e-10
+    # a field frame: the predicted energy is U - mu . E
+    f = next(f for f in frames if f.field is not None)
+    plain = data.Frame(f.positions, f.numbers, charge=f.charge)
+    with_field, without = train.predict_frames(model, [f, plain])
+    assert with_field["energy"] == pytest.approx(
+        without["energy"] - without["dipole"] @ f.field, abs=1e-10
+    )
+    # polarization differences are reduced to the nearest branch
+    cell = np.array([[5.0, 0.0, 0.0], [1.0, 6.0, 0.0], [0.0, 0.5, 7.0]])
+    quantum = cell / np.linalg.det(cell)
+    d = np.array([1e-3, -2e-3, 5e-4])
+    shifted = d + quantum[0] - 2 * quantum[2]
+    red = train._branch_difference(jnp.asarray(shifted)[None], jnp.asarray(cell)[None])
+    np.testing.assert_allclose(np.asarray(red[0]), d, atol=1e-14)
+    with pytest.raises(ValueError, match="no charges"):
+        train.fit(frames, {"model": "short_range", "epochs": 1}, tmp_path / "sr", progress=False)

@@ -1,5 +1,6 @@
 """Flax (nnx) models composing jaxlr's kernels: the PaiNN backbone, a short-range
-baseline and local charge models (explicit and latent charges)."""
+baseline, local charge models (explicit and latent charges) and the charge-
+equilibration model (QEq, 4G-HDNNP style)."""
 
 from jaxlr.models._painn import PaiNN, cosine_cutoff, radial_basis
 from jaxlr.models._potentials import (
@@ -14,6 +15,9 @@ from jaxlr.models._potentials import (
     predict,
     pure,
 )
+from jaxlr.models._qeq import QEqModel
+
+MODELS["qeq"] = QEqModel
 
 __all__ = [
     "PaiNN",
@@ -24,6 +28,7 @@ __all__ = [
     "ExplicitCharges",
     "LatentCharges",
     "ShortRange",
+    "QEqModel",
     "build",
     "electrostatics_for",
     "pair_cutoff",

@@ -102,7 +102,8 @@ def pair_cutoff(model, frames=(), accuracy=1e-5) -> float:
     cross the cutoff)."""
     cut = float(model.cutoff)
     if model.has_charges and any(all(f.pbc) for f in frames):
-        cut = max(cut, 2.0 * model.sigma * math.sqrt(-math.log(accuracy)))
+        sigma = getattr(model, "sigma_max", model.sigma)
+        cut = max(cut, 2.0 * sigma * math.sqrt(-math.log(accuracy)))
     return cut
 
 
@@ -120,6 +121,8 @@ class ShortRange(nnx.Module):
 
     has_charges = False
     fits_charges = False
+    couples_field = False  # True: the model takes ``field=`` itself (QEq)
+    _direct_charges = True
 
     def __init__(
         self,
@@ -152,7 +155,7 @@ class ShortRange(nnx.Module):
         self.energy_head = _MLP((features, hidden, 1), rngs=rngs)
         self.species_energy = nnx.Param(jnp.zeros(MAX_NUMBER + 1))
         self.energy_scale = nnx.Param(jnp.ones(()))
-        if self.has_charges:
+        if self.has_charges and self._direct_charges:
             self.charge_head = _MLP((features, hidden, 1), rngs=rngs)
             self.species_charge = nnx.Param(jnp.zeros(MAX_NUMBER + 1))
 
@@ -257,7 +260,10 @@ def predict(
         c = None
         if periodic:  # DESIGN's stress deformation; molecules have no stress
             pos, c = apply_strain(pos, cell, strain)
-        out = model(pos, numbers, mask, pairs, c, charge, electrostatics)
+        if model.couples_field:  # the field polarizes the charges; energy is the enthalpy
+            out = model(pos, numbers, mask, pairs, c, charge, electrostatics, field=e_field)
+        else:
+            out = model(pos, numbers, mask, pairs, c, charge, electrostatics)
         q = out["charges"]
         if q is None:
             mu = jnp.zeros(3, dtype)
@@ -265,6 +271,8 @@ def predict(
             q = jnp.where(mask, q, 0.0)
             x = anchored_positions(pos, c) if periodic else pos
             mu = jnp.sum(q[:, None] * x, axis=0)
+        if model.couples_field:
+            return out["energy"], (out, mu)
         return out["energy"] - jnp.dot(mu, e_field), (out, mu)
 
     def derivatives(e_field):
