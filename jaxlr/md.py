@@ -221,7 +221,8 @@ def model_neighbor_list(
       ``(neighbor_fn, energy_fn)``; ``energy_fn(R, neighbor, **kwargs)`` in eV,
       ``energy_fn.charges(R, neighbor, **kwargs)`` the model's charges and
       ``energy_fn.dipole(R, neighbor, **kwargs)`` the cell dipole ``V P`` (e·Å;
-      charge models).
+      charge models). A QEq model with the matrix-free solver takes ``guess=``
+      (charges, e.g. the previous step's) in ``**kwargs`` to warm-start its solve.
     """
     from jax_md import partition
 
@@ -270,16 +271,16 @@ def model_neighbor_list(
 
     e_field = _field(field, model)
 
-    def outputs(R, neighbor, **kwargs):
+    def outputs(R, neighbor, guess=None, **kwargs):
         base, c = _current_cell(box0, kwargs)
         c = c.astype(R.dtype)
         cart, frac = _cartesian(R, base.astype(R.dtype), c, fractional_coordinates)
         pairs = _pairs_from(neighbor, frac, n, cutoff, False)
         args = (cart, numbers_j, mask, pairs, c, jnp.asarray(total_charge, R.dtype), el)
+        extra = {"guess": guess} if _warm_start(model) else {}
         if model.couples_field and e_field is not None:
-            out = model(*args, field=e_field.astype(R.dtype))
-        else:
-            out = model(*args)
+            extra["field"] = e_field.astype(R.dtype)
+        out = model(*args, **extra)
         if model.has_charges:
             out = dict(
                 out, dipole=jnp.sum(out["charges"][:, None] * anchored_positions(cart, c), 0)
@@ -296,6 +297,11 @@ def model_neighbor_list(
     energy_fn.dipole = lambda R, neighbor, **kw: outputs(R, neighbor, **kw)["dipole"]
     energy_fn.cutoff = cutoff
     return neighbor_fn, energy_fn
+
+
+def _warm_start(model):
+    """True for models whose charge solve takes a ``guess`` (matrix-free QEq)."""
+    return getattr(model, "solver", None) == "matrix_free"
 
 
 def _field(field, model):
@@ -406,21 +412,24 @@ def run(
         numbers_j = jnp.asarray(numbers, jnp.int32)
         mask = jnp.ones(n, bool)
 
-        def molecule(R):
+        def molecule(R, guess=None):
             args = (R, numbers_j, mask, pairs, None, jnp.asarray(charge, R.dtype), el)
+            extra = {"guess": guess} if _warm_start(model) else {}
             if model.couples_field and field is not None:
-                return model(*args, field=field.astype(R.dtype))
-            return model(*args)
+                extra["field"] = field.astype(R.dtype)
+            return model(*args, **extra)
 
-        def energy_fn(R, neighbor=None, **kw):
-            out = molecule(R)
+        def energy_fn(R, neighbor=None, guess=None, **kw):
+            out = molecule(R, guess)
             e = out["energy"]
             if field is not None and not model.couples_field:
                 e = e - jnp.sum(out["charges"][:, None] * R * field[None, :])
             return e
 
-        def dipole_fn(R, neighbor=None, **kw):
-            return jnp.sum(molecule(R)["charges"][:, None] * R, axis=0)
+        def dipole_fn(R, neighbor=None, guess=None, **kw):
+            return jnp.sum(molecule(R, guess)["charges"][:, None] * R, axis=0)
+
+        energy_fn.charges = lambda R, neighbor=None, guess=None, **kw: molecule(R, guess)["charges"]
 
         if not model.has_charges:
             dipole_fn = None
@@ -449,10 +458,14 @@ def run(
     def current_box(state):
         return simulate.npt_box(state) if ensemble == "npt" else (box if periodic else None)
 
-    def chunk(state, nbrs, k):
+    warm = _warm_start(model)
+
+    def chunk(state, nbrs, guess, k):
         def body(_, carry):
-            state, nbrs = carry
+            state, nbrs, guess = carry
             kwargs = {} if nbrs is None else {"neighbor": nbrs}
+            if warm:  # the QEq solve starts from the previous step's charges
+                kwargs["guess"] = guess
             state = apply(state, **kwargs)
             if nbrs is not None:
                 b = current_box(state)
@@ -461,11 +474,17 @@ def run(
                     if ensemble == "npt"
                     else nbrs.update(state.position)
                 )
-            return state, nbrs
+            if warm:
+                kw = {"neighbor": nbrs} if nbrs is not None else {}
+                if ensemble == "npt":
+                    kw["box"] = current_box(state)
+                guess = energy_fn.charges(state.position, guess=guess, **kw)
+            return state, nbrs, guess
 
-        return jax.lax.fori_loop(0, k, body, (state, nbrs))
+        return jax.lax.fori_loop(0, k, body, (state, nbrs, guess))
 
-    chunk = jax.jit(chunk, static_argnums=2)
+    chunk = jax.jit(chunk, static_argnums=3)
+    guess = jnp.zeros(n, dtype) if warm else None
 
     @jax.jit
     def energies(state, nbrs):
@@ -514,7 +533,7 @@ def run(
     done = 0
     while done < steps:
         k = min(every, steps - done)
-        new_state, new_nbrs = chunk(state, nbrs, k)
+        new_state, new_nbrs, new_guess = chunk(state, nbrs, guess, k)
         if new_nbrs is not None and bool(new_nbrs.did_buffer_overflow):
             # reallocate on the host from the last good state and redo the chunk
             b = current_box(state)
@@ -524,7 +543,7 @@ def run(
                 else neighbor_fn.allocate(state.position)
             )
             continue
-        state, nbrs = new_state, new_nbrs
+        state, nbrs, guess = new_state, new_nbrs, new_guess
         done += k
         record(done, state, nbrs)
         bar.update(k)

@@ -206,3 +206,20 @@ def test_trains_saves_and_reloads(tmp_path):
     for p, q in zip(a, b):
         assert p["energy"] == pytest.approx(q["energy"], abs=1e-12)
         np.testing.assert_allclose(p["charges"], q["charges"], atol=1e-12)
+
+
+def test_md_warm_starts_the_matrix_free_solve(model):
+    """jaxlr.md.run with the matrix-free QEq solver, warm-started from the previous
+    step's charges, follows the dense solver's trajectory."""
+    from jaxlr import md
+    from jaxlr.data import to_atoms
+
+    atoms = to_atoms(datasets.load("water_clusters")[45])
+    atoms.info.pop("field", None)
+    free = models.build("qeq", **SMALL, seed=1, solver="matrix_free", tol=1e-12)
+    nnx.update(free, nnx.state(model))
+    kw = {"steps": 40, "dt": 0.5, "temperature": 300, "every": 20, "progress": False}
+    dense = md.run(model, atoms, **kw)
+    warm = md.run(free, atoms, **kw)
+    np.testing.assert_allclose(warm["atoms"].positions, dense["atoms"].positions, atol=1e-8)
+    np.testing.assert_allclose(warm["log"]["total"], dense["log"]["total"], atol=1e-8)

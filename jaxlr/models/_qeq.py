@@ -39,8 +39,9 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from jaxlr.kernels.ewald import ewald_matrix
-from jaxlr.kernels.qeq import coulomb_matrix, solve_dense
+from jaxlr.kernels.coulomb import coulomb_potential
+from jaxlr.kernels.ewald import ewald_matrix, ewald_potential
+from jaxlr.kernels.qeq import coulomb_matrix, solve_dense, solve_matrix_free
 from jaxlr.models._painn import _MLP
 from jaxlr.models._potentials import MAX_NUMBER, ShortRange
 from jaxlr.units import COULOMB
@@ -57,6 +58,12 @@ class QEqModel(ShortRange):
       sigma: reference Gaussian width (Å); each species' width is learnable in
         ``[0.5 sigma, 1.5 sigma]`` (``sigma_max = 1.5 sigma`` sets the pair cutoff).
       charge_aware: the short-range head also sees the charges (module docstring).
+      solver: ``"dense"`` (the factorised (N, N) matrix; small structures) or
+        ``"matrix_free"`` (projected preconditioned CG on the Coulomb potential
+        mat-vec, O(N) memory; ``tol`` relative residual, ``max_iter``). The
+        matrix-free solve takes ``guess=`` charges (the previous MD step's:
+        ``jaxlr.md`` warm-starts it), which changes the iteration count, never the
+        converged charges.
     """
 
     has_charges = True
@@ -64,13 +71,30 @@ class QEqModel(ShortRange):
     couples_field = True  # the field enters the charge equilibration itself
     _direct_charges = False  # no charge head: charges come from the solve
 
-    def __init__(self, *args, hardness=10.0, charge_aware=False, **kwargs):
+    def __init__(
+        self,
+        *args,
+        hardness=10.0,
+        charge_aware=False,
+        solver="dense",
+        tol=1e-10,
+        max_iter=500,
+        **kwargs,
+    ):
         super().__init__(*args, **kwargs)
+        if solver not in ("dense", "matrix_free"):
+            raise ValueError(f"solver must be 'dense' or 'matrix_free', got {solver!r}")
+        if not (0 < tol < 1 and int(max_iter) >= 1):
+            raise ValueError(f"need 0 < tol < 1 and max_iter >= 1, got {tol!r}, {max_iter!r}")
         self.hyper_items = self.hyper_items + (
             ("hardness", float(hardness)),
             ("charge_aware", bool(charge_aware)),
+            ("solver", solver),
+            ("tol", float(tol)),
+            ("max_iter", int(max_iter)),
         )
         self.charge_aware = bool(charge_aware)
+        self.solver, self.tol, self.max_iter = solver, float(tol), int(max_iter)
         if not hardness > 0:
             raise ValueError(f"hardness must be positive (eV/e^2), got {hardness!r}")
         rngs = nnx.Rngs(self.hyper["seed"] + 1)
@@ -111,12 +135,44 @@ class QEqModel(ShortRange):
         both = mask[:, None] & mask[None, :]
         return jnp.where(both, a, 0.0)
 
+    def potential_fn(self, positions, mask, pairs, cell, sig, electrostatics):
+        """``v -> A v`` (Gaussian units) over the real atoms (padding rows zero)."""
+
+        def phi(v):
+            v = jnp.where(mask, v, 0.0)
+            if electrostatics.kind == "molecule":
+                out = coulomb_potential(positions, v, sigma=sig, prefactor=1.0)
+            else:
+                out = ewald_potential(
+                    positions,
+                    v,
+                    cell,
+                    pairs,
+                    config=electrostatics.ewald,
+                    sigma=sig,
+                    prefactor=1.0,
+                )
+            return jnp.where(mask, out, 0.0)
+
+        return phi
+
     def equilibrate(
-        self, positions, numbers, mask, pairs, cell, charge, electrostatics, s, field=None
+        self,
+        positions,
+        numbers,
+        mask,
+        pairs,
+        cell,
+        charge,
+        electrostatics,
+        s,
+        field=None,
+        guess=None,
     ):
         """``(q, chi, J, A)``: charges (N,) from the constrained QEq solve, with the
-        electronegativities (shifted by ``field`` when given), hardness and
-        Coulomb matrix used."""
+        electronegativities (shifted by ``field`` when given), hardness and the
+        Coulomb matrix (dense solver) or its mat-vec (matrix-free; ``guess``
+        warm-starts it)."""
         dtype = positions.dtype
         chi = self.electronegativity(s, numbers).astype(dtype)
         if field is not None:
@@ -127,20 +183,43 @@ class QEqModel(ShortRange):
         chi = jnp.where(mask, chi, 0.0)
         hard = self.hardness(numbers).astype(dtype)
         sig = self.widths(numbers).astype(dtype)
+        constraint = mask.astype(dtype)[None, :]
+        totals = jnp.asarray(charge, dtype)[None]
+        if self.solver == "matrix_free":
+            phi = self.potential_fn(positions, mask, pairs, cell, sig, electrostatics)
+            hard_p = jnp.where(mask, hard, 1.0)
+
+            def matvec(v):
+                return hard_p * v + COULOMB * phi(v)
+
+            diag = hard_p + jnp.where(mask, COULOMB / (jnp.sqrt(jnp.pi) * sig), 0.0)
+            q, _, _, _ = solve_matrix_free(
+                matvec,
+                diag,
+                chi,
+                constraint,
+                totals,
+                tol=self.tol,
+                max_iter=self.max_iter,
+                x0=guess,
+            )
+            return jnp.where(mask, q, 0.0), chi, jnp.where(mask, hard, 0.0), phi
         a = self.coulomb_matrix(positions, mask, pairs, cell, sig, electrostatics)
         h = COULOMB * a + jnp.diag(jnp.where(mask, hard, 1.0))
-        constraint = mask.astype(dtype)[None, :]
-        q, _, _ = solve_dense(h, chi, constraint, jnp.asarray(charge, dtype)[None])
+        q, _, _ = solve_dense(h, chi, constraint, totals)
         q = jnp.where(mask, q, 0.0)
         return q, chi, jnp.where(mask, hard, 0.0), a
 
-    def __call__(self, positions, numbers, mask, pairs, cell, charge, electrostatics, field=None):
+    def __call__(
+        self, positions, numbers, mask, pairs, cell, charge, electrostatics, field=None, guess=None
+    ):
         dtype = positions.dtype
         s = self.features(positions, numbers, mask, pairs, cell).astype(dtype)
         q, chi, hard, a = self.equilibrate(
-            positions, numbers, mask, pairs, cell, charge, electrostatics, s, field
+            positions, numbers, mask, pairs, cell, charge, electrostatics, s, field, guess
         )
-        e_qeq = jnp.sum(chi * q + 0.5 * hard * q * q) + 0.5 * COULOMB * (q @ (a @ q))
+        aq = a(q) if callable(a) else a @ q
+        e_qeq = jnp.sum(chi * q + 0.5 * hard * q * q) + 0.5 * COULOMB * (q @ aq)
         head_in = jnp.concatenate([s, q[:, None]], axis=1) if self.charge_aware else s
         atomic = self.energy_scale * self.energy_head(head_in)[:, 0] + self.species_energy[numbers]
         energy = jnp.sum(jnp.where(mask, atomic, 0.0)) + e_qeq
