@@ -534,8 +534,12 @@ def _weights(cfg: TrainConfig, model, frames):
     for name in ("polarization", "born_charges"):
         if w[name] > 0 and not any(getattr(f, name) is not None for f in frames):
             raise ValueError(f"weight {name!r} is positive but no training frame has REF_{name}")
-    if not model.fits_charges:
+    if not model.has_charges:
         w["charges"] = w["dipole"] = 0.0
+    elif not model.fits_charges:
+        # latent charges never see charge labels; a dipole weight set by the user is
+        # honoured (dipoles constrain latent charges, as in LES-style training)
+        w["charges"] = 0.0
     else:
         has_q = any(f.charges is not None for f in frames) and w["charges"] > 0
         has_d = any(f.dipole is not None for f in frames) and w["dipole"] > 0
