@@ -78,7 +78,7 @@ class Setup:
         return fn(jnp.asarray(pos))
 
 
-@pytest.mark.parametrize("name", ["explicit", "latent"])
+@pytest.mark.parametrize("name", ["explicit", "latent", "qeq"])
 def test_acoustic_sum_rule_is_exact_for_untrained_models(name):
     charge_model = models.build(name, seed=3, features=16)
     pos, numbers, cell = nacl_cell()
