@@ -196,8 +196,8 @@ def test_field_response_maxwell_and_polarizability(model):
 
 
 def test_trains_saves_and_reloads(tmp_path):
-    frames = [f for f in datasets.load("water_clusters") if f.n_atoms == 6][:16]
-    cfg = {"model": "qeq", "model_args": SMALL, "epochs": 2, "batch_size": 8, "n_buckets": 1}
+    frames = [f for f in datasets.load("water_clusters") if f.n_atoms == 6][:10]
+    cfg = {"model": "qeq", "model_args": SMALL, "epochs": 1, "batch_size": 8, "n_buckets": 1}
     run = train.fit(frames, cfg, tmp_path / "run", progress=False)
     assert np.isfinite(run["metrics"]["energy"]["mae"]) and "charges" in run["metrics"]
     loaded = train.load(tmp_path / "run")
@@ -218,7 +218,7 @@ def test_md_warm_starts_the_matrix_free_solve(model):
     atoms.info.pop("field", None)
     free = models.build("qeq", **SMALL, seed=1, solver="matrix_free", tol=1e-12)
     nnx.update(free, nnx.state(model))
-    kw = {"steps": 40, "dt": 0.5, "temperature": 300, "every": 20, "progress": False}
+    kw = {"steps": 20, "dt": 0.5, "temperature": 300, "every": 20, "progress": False}
     dense = md.run(model, atoms, **kw)
     warm = md.run(free, atoms, **kw)
     np.testing.assert_allclose(warm["atoms"].positions, dense["atoms"].positions, atol=1e-8)
