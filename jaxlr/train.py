@@ -77,7 +77,7 @@ class TrainConfig:
     """Training settings (JSON-serialisable; ``TrainConfig.from_dict`` validates).
 
     Attributes:
-      model: ``short_range``, ``explicit``, ``latent`` or ``qeq``.
+      model: ``short_range``, ``explicit``, ``latent``, ``qeq`` or ``attention``.
       model_args: hyper-parameters of the model (see :class:`jaxlr.models.ShortRange`).
       epochs: maximum number of epochs. batch_size: structures per step (rounded up
         to a multiple of the device count).

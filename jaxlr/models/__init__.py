@@ -2,6 +2,7 @@
 baseline, local charge models (explicit and latent charges) and the charge-
 equilibration model (QEq, 4G-HDNNP style)."""
 
+from jaxlr.models._attention import LongRangeAttention
 from jaxlr.models._painn import PaiNN, cosine_cutoff, radial_basis
 from jaxlr.models._potentials import (
     MODELS,
@@ -18,6 +19,7 @@ from jaxlr.models._potentials import (
 from jaxlr.models._qeq import QEqModel
 
 MODELS["qeq"] = QEqModel
+MODELS["attention"] = LongRangeAttention
 
 __all__ = [
     "PaiNN",
@@ -29,6 +31,7 @@ __all__ = [
     "LatentCharges",
     "ShortRange",
     "QEqModel",
+    "LongRangeAttention",
     "build",
     "electrostatics_for",
     "pair_cutoff",
