@@ -1,34 +1,80 @@
 """Datasets shipped inside the package, and the command that regenerates them.
 
-=================== ======================================================================
- name                content
-=================== ======================================================================
- ``nacl_clusters``   the default: Na8Cl8 (neutral) and Na9Cl8+ (charge +1) clusters,
-                     300 frames each, GFN2-xTB energies, forces, Mulliken charges and
-                     dipoles (tblite), sampled by Langevin MD at 600 K plus 0.05 Å noise
- ``nacl_path``       Na9Cl8+ with its outermost Na pulled radially away, 0 to 6 Å in 25
-                     steps, GFN2-xTB labels (the physics check of ``jaxlr fit``)
- ``nacl_bulk``       periodic rock-salt NaCl, 8-atom cubic cells, each under a random
-                     symmetric strain (+-3 %) with 0.15 Å Gaussian displacements, 200
-                     frames, GFN2-xTB energies, forces, charges and stress
- ``random_charges``  classical benchmark: 32 point charges +-1 (Na +1, Cl -1) at random in
-                     a periodic cube with a Born-Mayer repulsion; energies, forces and
-                     stress from jaxlr's own Ewald; the true charges as ``REF_charges``
- ``water_clusters``  (H2O)_n, n = 1 to 5 (cyclic for n >= 3; 30, 40, 40, 40, 50 frames),
-                     relaxed then sampled by Langevin MD at 300 K (0.5 fs steps, a frame
-                     every 20) plus 0.02 Å noise; GFN2-xTB (accuracy 1e-5) energies,
-                     forces, Mulliken charges, dipoles, Born charges ``REF_born_charges``
-                     ((N, 9), e, route "dipole", 1e-3 Å steps) and polarizabilities
-                     ``REF_polarizability`` (9, e·Å^2/V, 5e-3 V/Å steps); 20 % of the
-                     frames (40) labelled under a uniform field ``info["field"]`` of
-                     0.05-0.1 V/Å in a random direction (all labels at that field)
-=================== ======================================================================
+======================= ======================================================================
+ name                    content
+======================= ======================================================================
+ ``nacl_clusters``       the default: Na8Cl8 (neutral) and Na9Cl8+ (charge +1) clusters,
+                         300 frames each, GFN2-xTB energies, forces, Mulliken charges and
+                         dipoles (tblite), sampled by Langevin MD at 600 K plus 0.05 Å noise
+ ``nacl_path``           Na9Cl8+ with its outermost Na pulled radially away, 0 to 6 Å in 25
+                         steps, GFN2-xTB labels (the physics check of ``jaxlr fit``)
+ ``nacl_bulk``           periodic rock-salt NaCl, 8-atom cubic cells, each under a random
+                         symmetric strain (+-3 %) with 0.15 Å Gaussian displacements, 200
+                         frames, GFN2-xTB energies, forces, charges and stress
+ ``random_charges``      classical benchmark: 32 point charges +-1 (Na +1, Cl -1) at random in
+                         a periodic cube with a Born-Mayer repulsion; energies, forces and
+                         stress from jaxlr's own Ewald; the true charges as ``REF_charges``
+ ``water_clusters``      (H2O)_n, n = 1 to 5 (cyclic for n >= 3; 30, 40, 40, 40, 50 frames),
+                         relaxed then sampled by Langevin MD at 300 K (0.5 fs steps, a frame
+                         every 20) plus 0.02 Å noise; GFN2-xTB (accuracy 1e-5) energies,
+                         forces, Mulliken charges, dipoles, Born charges ``REF_born_charges``
+                         ((N, 9), e, route "dipole", 1e-3 Å steps) and polarizabilities
+                         ``REF_polarizability`` (9, e·Å^2/V, 5e-3 V/Å steps); 20 % of the
+                         frames (40) labelled under a uniform field ``info["field"]`` of
+                         0.05-0.1 V/Å in a random direction (all labels at that field)
+ ``ag3_charge_states``   Ag3 triangles (Ag-Ag 2.5-3.1 Å) from Langevin MD of Ag3+ at 300 K
+                         (2 fs steps, a frame every 20) plus 0.02 Å noise; each of the 100
+                         geometries labelled twice, as Ag3+ (charge +1) and Ag3- (charge
+                         -1), ``info["geometry"]`` pairing them (200 frames): identical
+                         inputs for a local model, energies 16.5-17.2 eV apart. GFN2-xTB
+                         energies, forces, Mulliken charges, dipoles at an electronic
+                         temperature of 2000 K (at tblite's 300 K the Ag3- SCC fails or
+                         lands on different solutions near D3h, see below)
+ ``carbon_chains``       C10H2 (linear polyyne H-C#C-...-C#C-H, neutral) and C10H3+ (the
+                         first carbon protonated to CH2, charge +1), 100 frames each,
+                         relaxed then Langevin MD at 400 K (0.5 fs steps, a frame every
+                         20) plus 0.01 Å noise; GFN2-xTB labels. The chain is ~12 Å long:
+                         in the cation ~0.44 e of the extra charge sits more than 6 Å from
+                         the protonated carbon
+ ``dimer_curves``        rigid-monomer binding curves of three dimers, ``info["dimer"]``:
+                         "charged" NH4+ ... BF4- (overall neutral; H3 face to F3 face,
+                         staggered), "polar" the water dimer (the relaxed dimer's
+                         orientation), "apolar" the methane dimer (H3 face to H3 face,
+                         staggered); monomers relaxed with GFN2-xTB, B placed along +x at
+                         28 centre-of-mass separations ``info["separation"]`` from the
+                         scanned equilibrium (2.72, 2.84, 3.81 Å) minus 0.5 Å to 12 Å,
+                         each as the reference frame (``info["copy"] = 0``) and 6 copies
+                         with both monomers turned at random about their centres of mass
+                         and rattled by 0.02 Å (centres kept; no closer contact than 0.9
+                         times the reference's, capped at 2.5 Å), plus the two monomers of
+                         each dimer (``info["monomer"]`` 0 or 1): 594 frames. Per atom
+                         ``arrays["fragment"]`` (0 or 1); per dimer frame
+                         ``info["REF_fragment_energies"]`` (2,), eV, the energies of the
+                         two isolated fragments at their geometry in that frame, so the
+                         binding energy is ``REF_energy - sum(REF_fragment_energies)``.
+                         GFN2-xTB at tblite accuracy 1e-5 (the apolar tail is ~1e-5 eV)
+======================= ======================================================================
 
 Born charges are stored row-major, ``arrays["REF_born_charges"][i] = Z[i].reshape(9)``
 with ``Z[i, a, b] = d mu_a / d R_ib``; the polarizability row-major,
 ``alpha[a, b] = d mu_a / d E_b`` (see :mod:`jaxlr.data.reference`). A reader that does
-not know these two keys (:func:`jaxlr.data.from_atoms`) ignores them; read them with
-``ase.io.read(path("water_clusters"), index=":")``.
+not know these keys (:func:`jaxlr.data.from_atoms`, hence :func:`load`) ignores them,
+and the descriptive keys (``geometry``, ``dimer``, ``monomer``, ``separation``,
+``copy``, ``fragment``) too; read them with ``ase.io.read(path(NAME), index=":")``.
+
+SCC notes. Ag3- near the equilateral geometry has a (nearly) degenerate, half-filled
+HOMO pair. With tblite's default Fermi smearing (300 K) the SCC of 7 of the 100
+shipped anion geometries does not converge in 250 iterations (5 still fail with 1000,
+2-3 with mixer damping 0.2 or 0.1 or the EEQ initial guess, one with all of them), and
+3 converge to solutions up to 0.16 eV apart depending on those settings. At 2000 K
+every geometry converges, to the same energy (within 5e-8 eV) for mixer damping
+0.1-0.4 and both initial guesses; the labels are then the Mermin free energy (0.1-0.5
+eV below the 300 K energies of Ag3-, 1-2 meV for Ag3+) and its exact gradient. Both
+charge states use 2000 K. The ion pair of ``dimer_curves`` is NH4+ ... BF4- because
+GFN2-xTB keeps integer fragment charges there (+-1 to 1e-6 e beyond 6 Å; the tail is
+0.4 % weaker than ``-COULOMB / r`` at 12 Å), whereas in trials with Na+ or K+ and Cl-
+or BF4-, or NH4+ and Cl-, the SCC did not converge (500 iterations) beyond 6-10 Å,
+and where it did, Na+ and K+ kept only 0.6-0.8 e (fractional charge transfer).
 
 Each file is gzip-compressed extxyz (no pickle); every frame records the generator's
 settings (``gen_*`` keys). ``manifest.json`` beside the files records, per dataset,
@@ -112,6 +158,53 @@ SETTINGS = {
         "field_magnitude": [0.05, 0.1],
         "born_delta": 1e-3,
         "field_delta": 5e-3,
+        "seed": 20261128,
+    },
+    "ag3_charge_states": {
+        "method": "GFN2-xTB",
+        "electronic_temperature": 2000.0,
+        "bond": 2.8,
+        "sample_charge": 1.0,
+        "relax_fmax": 0.005,
+        "relax_steps": 2000,
+        "n_geometries": 100,
+        "charges": [1.0, -1.0],
+        "temperature": 300.0,
+        "timestep": 2.0,
+        "interval": 20,
+        "displacement": 0.02,
+        "seed": 20261128,
+    },
+    "carbon_chains": {
+        "method": "GFN2-xTB",
+        "n_carbon": 10,
+        "charges": [0.0, 1.0],
+        "n_frames": [100, 100],
+        "relax_fmax": 0.01,
+        "relax_steps": 3000,
+        "temperature": 400.0,
+        "timestep": 0.5,
+        "interval": 20,
+        "displacement": 0.01,
+        "seed": 20261128,
+    },
+    "dimer_curves": {
+        "method": "GFN2-xTB",
+        "accuracy": 1e-5,
+        "dimers": [
+            ["charged", "NH4", 1.0, "BF4", -1.0],
+            ["polar", "H2O", 0.0, "H2O", 0.0],
+            ["apolar", "CH4", 0.0, "CH4", 0.0],
+        ],
+        "relax_fmax": 0.005,
+        "relax_steps": 3000,
+        "scan": [2.4, 6.0, 0.01],
+        "inner_offset": 0.5,
+        "max_separation": 12.0,
+        "n_separations": 28,
+        "copies": 6,
+        "min_contact": [0.9, 2.5],
+        "displacement": 0.02,
         "seed": 20261128,
     },
 }
@@ -346,12 +439,240 @@ def _water_clusters(s):
     return out
 
 
+def _ag3_charge_states(s):
+    import ase
+
+    from jaxlr.data import reference
+
+    d = s["bond"]
+    triangle = ase.Atoms("Ag3", positions=[[0, 0, 0], [d, 0, 0], [d / 2, d * 3**0.5 / 2, 0]])
+    triangle.positions -= triangle.positions.mean(axis=0)
+    triangle.info["charge"] = s["sample_charge"]
+    start = reference.relax(triangle, fmax=s["relax_fmax"], max_steps=s["relax_steps"])
+    frames = reference.sample(
+        start,
+        s["n_geometries"],
+        temperature=s["temperature"],
+        timestep=s["timestep"],
+        interval=s["interval"],
+        displacement=s["displacement"],
+        seed=s["seed"],
+    )
+    out = []
+    for k, frame in enumerate(frames):  # geometry-major: +1 then -1 at each geometry
+        frame.info["geometry"] = k
+        for q in s["charges"]:
+            out += reference.label_frames(
+                [frame],
+                charge=q,
+                method=s["method"],
+                electronic_temperature=s["electronic_temperature"],
+            )
+    return out
+
+
+def _polyyne(n_carbon, protonated):
+    """Linear H-(C#C)_n/2-H along x (alternating 1.21/1.36 Å bonds, C-H 1.06 Å);
+    ``protonated``: a second H on the first carbon, both at 120 degrees (a CH2 end)."""
+    import ase
+
+    x = [0.0]
+    for k in range(n_carbon - 1):
+        x.append(x[-1] + (1.21 if k % 2 == 0 else 1.36))
+    carbons = [[c, 0.0, 0.0] for c in x]
+    if protonated:
+        c, s = 1.08 * np.cos(np.pi / 3), 1.08 * np.sin(np.pi / 3)
+        ends = [[-c, s, 0.0]], [[x[-1] + 1.06, 0.0, 0.0], [-c, -s, 0.0]]
+    else:
+        ends = [[-1.06, 0.0, 0.0]], [[x[-1] + 1.06, 0.0, 0.0]]
+    positions = ends[0] + carbons + ends[1]
+    symbols = "H" + "C" * n_carbon + "H" * len(ends[1])
+    atoms = ase.Atoms(symbols, positions=positions)
+    atoms.info["charge"] = 1.0 if protonated else 0.0
+    return atoms
+
+
+def _carbon_chains(s):
+    from jaxlr.data import reference
+
+    out = []
+    for k, (q, count) in enumerate(zip(s["charges"], s["n_frames"])):
+        start = reference.relax(
+            _polyyne(s["n_carbon"], protonated=q > 0),
+            fmax=s["relax_fmax"],
+            max_steps=s["relax_steps"],
+            method=s["method"],
+        )
+        frames = reference.sample(
+            start,
+            count,
+            temperature=s["temperature"],
+            timestep=s["timestep"],
+            interval=s["interval"],
+            displacement=s["displacement"],
+            seed=s["seed"] + k,
+        )
+        out += reference.label_frames(frames, method=s["method"])
+    return out
+
+
+def _tetrahedron(symbols, bond, apex):
+    """XY4 with a C3 axis along x: one Y on the axis at ``apex`` (+1 or -1) times
+    ``bond`` Å, the other three forming a face on the opposite side (staggered by 60
+    degrees when ``apex`` is +1)."""
+    import ase
+
+    phase = np.pi / 3 if apex > 0 else 0.0
+    ring = [phase + 2 * np.pi * k / 3 for k in range(3)]
+    side = 2 * np.sqrt(2) / 3
+    face = [[-apex / 3, side * np.cos(t), side * np.sin(t)] for t in ring]
+    return ase.Atoms(symbols, positions=bond * np.array([[0, 0, 0], [apex, 0, 0]] + face))
+
+
+def _rotation_onto(a, b):
+    """Proper rotation R minimising |a @ R.T - b| (Kabsch; a, b centred, (N, 3))."""
+    u, _, vt = np.linalg.svd(b.T @ a)
+    d = np.sign(np.linalg.det(u @ vt))
+    return u @ np.diag([1.0, 1.0, d]) @ vt
+
+
+def _random_rotation(rng):
+    """A uniformly distributed rotation matrix (unit quaternion, Shoemake)."""
+    u1, u2, u3 = rng.uniform(size=3)
+    w, x, y, z = (
+        np.sqrt(1 - u1) * np.sin(2 * np.pi * u2),
+        np.sqrt(1 - u1) * np.cos(2 * np.pi * u2),
+        np.sqrt(u1) * np.sin(2 * np.pi * u3),
+        np.sqrt(u1) * np.cos(2 * np.pi * u3),
+    )
+    return np.array(
+        [
+            [1 - 2 * (y * y + z * z), 2 * (x * y - z * w), 2 * (x * z + y * w)],
+            [2 * (x * y + z * w), 1 - 2 * (x * x + z * z), 2 * (y * z - x * w)],
+            [2 * (x * z - y * w), 2 * (y * z + x * w), 1 - 2 * (x * x + y * y)],
+        ]
+    )
+
+
+def _dimer_monomers(name, s):
+    """The two relaxed monomers of dimer ``name``, each centred on its centre of mass,
+    in the reference orientation of the curve (B is placed at +separation along x)."""
+    from jaxlr.data import reference
+
+    relax = {"fmax": s["relax_fmax"], "max_steps": s["relax_steps"], "method": s["method"]}
+    if name == "charged":  # NH4+ showing an H3 face to BF4-'s F3 face, staggered
+        pair = [_tetrahedron("NH4", 1.03, -1), _tetrahedron("BF4", 1.40, 1)]
+        charges = [1.0, -1.0]
+    elif name == "apolar":  # methane: H3 face to H3 face, staggered (D3d)
+        pair = [_tetrahedron("CH4", 1.09, -1), _tetrahedron("CH4", 1.09, 1)]
+        charges = [0.0, 0.0]
+    elif name == "polar":  # the relaxed water dimer's orientation, rigid relaxed monomers
+        dimer = reference.relax(reference.water_cluster(2), **relax)
+        water = reference.relax(reference.water_cluster(1), **relax)
+        w = water.positions - water.get_center_of_mass()
+        pair, centres = [], []
+        for part in (dimer[:3], dimer[3:]):
+            centre = part.get_center_of_mass()
+            rot = _rotation_onto(w, part.positions - centre)
+            atoms = water.copy()
+            atoms.positions = w @ rot.T
+            pair.append(atoms)
+            centres.append(centre)
+        axis = (centres[1] - centres[0]) / np.linalg.norm(centres[1] - centres[0])
+        # the rotation taking the O...O-like axis onto x (Rodrigues, axis x cross axis)
+        v, c = np.cross(axis, [1.0, 0.0, 0.0]), axis[0]
+        vx = np.array([[0, -v[2], v[1]], [v[2], 0, -v[0]], [-v[1], v[0], 0]])
+        turn = np.eye(3) + vx + vx @ vx / (1 + c)
+        for atoms in pair:
+            atoms.positions = atoms.positions @ turn.T
+            atoms.info["charge"] = 0.0
+        return pair
+    else:
+        raise ValueError(f"unknown dimer {name!r}")
+    out = []
+    for atoms, q in zip(pair, charges):
+        atoms.info["charge"] = q
+        atoms = reference.relax(atoms, **relax)  # symmetric start: stays symmetric
+        atoms.positions -= atoms.get_center_of_mass()
+        out.append(atoms)
+    return out
+
+
+def _dimer(a, b, separation):
+    """Monomer ``a`` plus monomer ``b`` shifted by ``separation`` Å along x; charge,
+    fragment indices and separation recorded."""
+    shifted = b.copy()
+    shifted.positions = shifted.positions + [separation, 0.0, 0.0]
+    atoms = a.copy() + shifted
+    atoms.info = {"charge": a.info["charge"] + b.info["charge"]}
+    atoms.arrays["fragment"] = np.repeat([0, 1], [len(a), len(b)])
+    return atoms
+
+
+def _min_contact(atoms):
+    """Shortest distance between an atom of fragment 0 and one of fragment 1 (Å)."""
+    part = atoms.arrays["fragment"]
+    p = atoms.positions
+    d = p[part == 0][:, None, :] - p[part == 1][None, :, :]
+    return float(np.sqrt((d * d).sum(-1)).min())
+
+
+def _dimer_curves(s):
+    from jaxlr.data import reference
+
+    rng = np.random.default_rng(s["seed"])
+    opts = {"method": s["method"], "accuracy": s["accuracy"]}
+    scale, ceiling = s["min_contact"]
+    out = []
+    for name, *_ in s["dimers"]:
+        monomers = _dimer_monomers(name, s)
+        for k, m in enumerate(monomers):
+            m.info["dimer"], m.info["monomer"] = name, k
+            m.arrays["fragment"] = np.full(len(m), k)
+        out += reference.label_frames(monomers, **opts)
+        # equilibrium of the rigid reference orientation on a grid
+        grid = np.arange(s["scan"][0], s["scan"][1] + 0.5 * s["scan"][2], s["scan"][2])
+        scan = reference.label_frames([_dimer(*monomers, r) for r in grid], **opts)
+        r_eq = float(grid[np.argmin([a.info["REF_energy"] for a in scan])])
+        if r_eq in (grid[0], grid[-1]):
+            raise RuntimeError(f"dimer {name!r}: no minimum inside the scan {s['scan']}")
+        separations = np.linspace(r_eq - s["inner_offset"], s["max_separation"], s["n_separations"])
+        for r in separations:
+            reference_frame = _dimer(*monomers, r)
+            threshold = min(scale * _min_contact(reference_frame), ceiling)
+            frames = [reference_frame]
+            while len(frames) < 1 + s["copies"]:
+                a, b = (m.copy() for m in monomers)
+                for m in (a, b):
+                    m.positions = m.positions @ _random_rotation(rng).T
+                    noise = s["displacement"] * rng.standard_normal(m.positions.shape)
+                    masses = m.get_masses()[:, None]
+                    m.positions += noise - (masses * noise).sum(0) / masses.sum()  # COM kept
+                trial = _dimer(a, b, r)
+                if _min_contact(trial) >= threshold:
+                    frames.append(trial)
+            for copy, frame in enumerate(frames):
+                frame.info.update(dimer=name, separation=float(r), copy=copy)
+                part = frame.arrays["fragment"]
+                isolated = []
+                for k, m in enumerate(monomers):
+                    fragment = frame[part == k]
+                    fragment.info = {"charge": m.info["charge"]}
+                    isolated.append(reference.label(fragment, **opts)["energy"])
+                frame.info["REF_fragment_energies"] = np.array(isolated)
+            out += reference.label_frames(frames, **opts)
+    return out
+
+
 _GENERATORS = {
     "nacl_clusters": _nacl_clusters,
     "nacl_path": _nacl_path,
     "nacl_bulk": _nacl_bulk,
     "random_charges": _random_charges,
     "water_clusters": _water_clusters,
+    "ag3_charge_states": _ag3_charge_states,
+    "carbon_chains": _carbon_chains,
+    "dimer_curves": _dimer_curves,
 }
 
 #: labels that :func:`jaxlr.data.from_atoms` may not know, carried from the generator's
@@ -360,6 +681,17 @@ _GENERATORS = {
 _EXTRA_LABELS = (
     ("REF_born_charges", "arrays", ("N", 9)),
     ("REF_polarizability", "info", (9,)),
+    ("REF_fragment_energies", "info", (2,)),
+)
+#: descriptive keys carried from the generator's frames into the file (after the
+#: labels, in this order): key, place, type
+_METADATA = (
+    ("geometry", "info", int),
+    ("dimer", "info", str),
+    ("monomer", "info", int),
+    ("separation", "info", float),
+    ("copy", "info", int),
+    ("fragment", "arrays", int),
 )
 
 
@@ -376,6 +708,19 @@ def _with_extra_labels(atoms, source, where):
         if value.shape != expected or not np.all(np.isfinite(value)):
             raise ValueError(f"{where}: {key!r} has shape {value.shape} (expected {expected})")
         store[key] = value
+    return atoms
+
+
+def _with_metadata(atoms, source):
+    """``atoms`` with the descriptive keys of :data:`_METADATA` that ``source`` has."""
+    for key, place, kind in _METADATA:
+        origin = source.info if place == "info" else source.arrays
+        if key not in origin:
+            continue
+        if place == "info":
+            atoms.info[key] = kind(origin[key])
+        else:
+            atoms.arrays[key] = np.asarray(origin[key]).astype(kind)
     return atoms
 
 
@@ -399,7 +744,7 @@ def generate(name: str, out=None) -> Path:
     # validate through the reader's checks before writing
     frames = [from_atoms(a, source=name, index=i) for i, a in enumerate(images)]
     atoms = [
-        _with_extra_labels(to_atoms(f), a, f"{name}: frame {i}")
+        _with_metadata(_with_extra_labels(to_atoms(f), a, f"{name}: frame {i}"), a)
         for i, (f, a) in enumerate(zip(frames, images))
     ]
     text = _extxyz_text([_record(a, name, settings) for a in atoms])

@@ -216,9 +216,11 @@ def _make_calculator(
     accuracy: float,
     max_iter: int,
     field: np.ndarray | None = None,
+    electronic_temperature: float | None = None,
 ):
     """A quiet tblite calculator for ``atoms`` (positions/cell converted to Bohr), with
-    tblite's uniform electric-field interaction when ``field`` (V/Å) is nonzero."""
+    tblite's uniform electric-field interaction when ``field`` (V/Å) is nonzero and
+    the Fermi smearing at ``electronic_temperature`` (K; None keeps tblite's 300 K)."""
     Calculator = _import_tblite()
     kwargs = {}
     if atoms.pbc.any():
@@ -234,6 +236,8 @@ def _make_calculator(
     calc.set("verbosity", 0)
     calc.set("accuracy", float(accuracy))
     calc.set("max-iter", int(max_iter))
+    if electronic_temperature is not None:
+        calc.set("temperature", float(electronic_temperature) * kB / Hartree)  # Hartree
     if field is not None and np.any(field):
         # tblite 0.8's cffi wrapper wants a C double pointer (or a list, which cffi turns
         # into a temporary array); tblite copies the three values.
@@ -265,6 +269,7 @@ def label(
     accuracy: float = 1.0,
     max_iterations: int = 250,
     field=None,
+    electronic_temperature: float | None = None,
 ) -> dict:
     """Single-point tight-binding reference labels for one structure.
 
@@ -288,6 +293,11 @@ def label(
             coordinate origin's frame) to the energy: the energy satisfies
             ``d energy / d field = -dipole`` and the forces include the field's
             force (they sum to ``charge * field``). Non-periodic structures only.
+        electronic_temperature: temperature of the Fermi smearing of the orbital
+            occupations, in K (default None: tblite's 300 K). Raising it (e.g. to
+            2000 K) makes the SCC converge, to a unique solution, for systems with
+            near-degenerate frontier orbitals (Ag3- near D3h); the energy is then the
+            Mermin free energy, which the forces remain the exact gradient of.
 
     Returns:
         dict with
@@ -313,7 +323,17 @@ def label(
     _check_settings(method, accuracy, max_iterations)
     q = _total_charge(atoms, charge)
     efield = _external_field(atoms, field)
-    calc = _make_calculator(atoms, q, method, accuracy, max_iterations, efield)
+    if electronic_temperature is not None and not (
+        _is_real(electronic_temperature)
+        and np.isfinite(electronic_temperature)
+        and electronic_temperature > 0
+    ):
+        raise ValueError(
+            f"electronic_temperature must be a positive number in K, got {electronic_temperature!r}"
+        )
+    calc = _make_calculator(
+        atoms, q, method, accuracy, max_iterations, efield, electronic_temperature
+    )
     return _results(calc.singlepoint(), atoms)
 
 
@@ -349,7 +369,8 @@ def label_frames(
         field_delta: field step (V/Å) of the polarizability (default
             :data:`POLARIZABILITY_DELTA`); used with ``response``.
         **kw: keyword arguments forwarded to :func:`label` (``charge``,
-            ``method``, ``accuracy``, ``max_iterations``, ``field``). A ``charge``
+            ``method``, ``accuracy``, ``max_iterations``, ``field``,
+            ``electronic_temperature``; the last not with ``response``). A ``charge``
             or ``field`` given here overrides every frame's ``info["charge"]`` or
             ``info["field"]``. With ``response``, ``method``, ``accuracy`` and
             ``max_iterations`` are forwarded to the response functions too (their
@@ -366,9 +387,15 @@ def label_frames(
         ``info["REF_polarizability"]`` ((9,), e·Å^2/V; row-major). Stale ``REF_``
         labels of the inputs are removed first.
     """
-    unknown = set(kw) - {"charge", "method", "accuracy", "max_iterations", "field"}
+    known = {"charge", "method", "accuracy", "max_iterations", "field", "electronic_temperature"}
+    unknown = set(kw) - known
     if unknown:
         raise ValueError(f"label_frames got unknown keyword argument(s): {sorted(unknown)}")
+    if response and kw.get("electronic_temperature") is not None:
+        raise ValueError(
+            "label_frames: electronic_temperature is not supported with response=True "
+            "(the response functions run at tblite's default temperature)"
+        )
     if isinstance(frames, Atoms):
         raise ValueError("frames must be a sequence of ase.Atoms, not a single ase.Atoms")
     response_kw = {k: kw[k] for k in ("method", "accuracy", "max_iterations") if k in kw}
