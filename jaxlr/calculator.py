@@ -187,10 +187,8 @@ class Calculator(_AseCalculator):
         if cutoff != self._cutoff:
             self._cutoff, self._list = cutoff, None
         if kind == "molecule" or not self.model.has_charges:
-            return pot.Electrostatics("molecule" if kind == "molecule" else "periodic")
-        need = pot.electrostatics_for(
-            [frame], kind, sigma=self.model.sigma, cutoff=cutoff, accuracy=self.accuracy
-        )
+            return self.model.route([frame], kind, cutoff=cutoff, accuracy=self.accuracy)
+        need = self.model.route([frame], kind, cutoff=cutoff, accuracy=self.accuracy)
         el = self._electrostatics.get(kind)
         # keep the k set while it still covers this cell (no recompilation)
         if el is not None and all(a >= b for a, b in zip(el.ewald.k_max, need.ewald.k_max)):

@@ -241,7 +241,7 @@ def build_parser():
     f.add_argument(
         "--model",
         default=None,
-        choices=["latent", "explicit", "qeq", "attention", "short_range"],
+        choices=["latent", "explicit", "qeq", "lode", "attention", "short_range"],
         help="model (default: latent, or the config file's)",
     )
     f.add_argument("--config", default=None, help="JSON file of TrainConfig fields")

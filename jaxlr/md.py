@@ -248,13 +248,7 @@ def model_neighbor_list(
     frame = Frame(_example_positions(n, cell), numbers, cell, (True,) * 3, float(total_charge))
     cutoff = pot.pair_cutoff(model, [frame], accuracy)
     _check_min_image(cell, cutoff + dr_threshold)
-    el = (
-        pot.electrostatics_for(
-            [frame], "periodic", sigma=model.sigma, cutoff=cutoff, accuracy=accuracy
-        )
-        if model.has_charges
-        else pot.Electrostatics("periodic")
-    )
+    el = model.route([frame], "periodic", cutoff=cutoff, accuracy=accuracy)
     neighbor_fn = partition.neighbor_list(
         displacement_fn,
         box,

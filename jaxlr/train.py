@@ -77,7 +77,7 @@ class TrainConfig:
     """Training settings (JSON-serialisable; ``TrainConfig.from_dict`` validates).
 
     Attributes:
-      model: ``short_range``, ``explicit``, ``latent``, ``qeq`` or ``attention``.
+      model: ``short_range``, ``explicit``, ``latent``, ``qeq``, ``lode`` or ``attention``.
       model_args: hyper-parameters of the model (see :class:`jaxlr.models.ShortRange`).
       epochs: maximum number of epochs. batch_size: structures per step (rounded up
         to a multiple of the device count).
@@ -488,20 +488,12 @@ def _initialise(model, frames, species):
 def _electrostatics(model, frames, accuracy, cutoff):
     """Static route per kind present in ``frames`` (``cutoff``: the pair lists')."""
     kinds = sorted({_data.kind(f) for f in frames})
-    if not model.has_charges:
-        return {
-            k: _pot.Electrostatics("molecule" if k == "molecule" else "periodic") for k in kinds
-        }
-    out = {}
-    for k in kinds:
-        out[k] = _pot.electrostatics_for(
-            [f for f in frames if _data.kind(f) == k],
-            k,
-            sigma=model.sigma,
-            cutoff=cutoff,
-            accuracy=accuracy,
+    return {
+        k: model.route(
+            [f for f in frames if _data.kind(f) == k], k, cutoff=cutoff, accuracy=accuracy
         )
-    return out
+        for k in kinds
+    }
 
 
 def _optimizer(cfg: TrainConfig, steps_per_epoch: int):

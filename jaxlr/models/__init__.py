@@ -3,6 +3,7 @@ baseline, local charge models (explicit and latent charges) and the charge-
 equilibration model (QEq, 4G-HDNNP style)."""
 
 from jaxlr.models._attention import LongRangeAttention
+from jaxlr.models._lode import LODEModel
 from jaxlr.models._painn import PaiNN, cosine_cutoff, radial_basis
 from jaxlr.models._potentials import (
     MODELS,
@@ -20,6 +21,7 @@ from jaxlr.models._qeq import QEqModel
 
 MODELS["qeq"] = QEqModel
 MODELS["attention"] = LongRangeAttention
+MODELS["lode"] = LODEModel
 
 __all__ = [
     "PaiNN",
@@ -32,6 +34,7 @@ __all__ = [
     "ShortRange",
     "QEqModel",
     "LongRangeAttention",
+    "LODEModel",
     "build",
     "electrostatics_for",
     "pair_cutoff",

@@ -66,6 +66,7 @@ class Electrostatics:
 
     kind: str
     ewald: EwaldConfig | None = None
+    lode: tuple | None = None  # per LODE exponent, the static k index set of cells
 
 
 def electrostatics_for(frames, kind, *, sigma, cutoff, accuracy=1e-5) -> Electrostatics:
@@ -158,6 +159,13 @@ class ShortRange(nnx.Module):
         if self.has_charges and self._direct_charges:
             self.charge_head = _MLP((features, hidden, 1), rngs=rngs)
             self.species_charge = nnx.Param(jnp.zeros(MAX_NUMBER + 1))
+
+    def route(self, frames, kind, *, cutoff, accuracy=1e-5) -> Electrostatics:
+        """Host: the static route for ``frames`` of one ``kind`` (the Ewald set of a
+        charge model; models with other nonlocal parts extend it)."""
+        if not self.has_charges:
+            return Electrostatics("molecule" if kind == "molecule" else "periodic")
+        return electrostatics_for(frames, kind, sigma=self.sigma, cutoff=cutoff, accuracy=accuracy)
 
     @property
     def hyper(self) -> dict:

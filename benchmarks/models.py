@@ -1,0 +1,159 @@
+"""Every model family on the long-range benchmark sets, one table (the models issue).
+
+Usage: python -m benchmarks.models [--epochs 60] [--models short_range,explicit,...]
+                                   [--sets nacl_clusters,ag3_charge_states,...]
+
+Trains each model family with the same budget (``--epochs``, default architecture,
+seed 0, the default loss weights: energy, forces and, for the charge-fitting models,
+Mulliken charges) on each shipped GFN2-xTB set and prints, on the held-out test split:
+energy and force RMSE, charge RMSE (models with charges), and the set's own check:
+
+- ``ag3_charge_states``: the charge-state split ``E(Ag3+) - E(Ag3-)`` at the same
+  geometry (GFN2-xTB: 16.5-17.2 eV), MAE over every fifth geometry, train and test
+  alike (it measures whether a family can represent the charge state at all);
+- ``carbon_chains``: charge RMSE of the far half of C10H3+ (charge transfer along a
+  chain longer than the 5 Å cutoff), where labels exist;
+- ``dimer_curves``: MAE of the binding energy (dimer minus its two fragments at the
+  same geometry, GFN2-xTB ``REF_fragment_energies``) beyond 7 Å, per dimer kind
+  (charged NH4+...BF4-, polar water, apolar methane), over every frame;
+- ``nacl_clusters``: the Na9Cl8+ pull-out path RMSE (``nacl_path``).
+
+Also training throughput (structures/s) and inference time per structure.
+"""
+
+import argparse
+import shutil
+import tempfile
+import time
+
+import jax
+
+parser = argparse.ArgumentParser()
+parser.add_argument("--epochs", type=int, default=60)
+parser.add_argument("--models", default="short_range,explicit,latent,qeq,attention")
+parser.add_argument("--sets", default="nacl_clusters,ag3_charge_states,carbon_chains,dimer_curves")
+args = parser.parse_args()
+jax.config.update("jax_enable_x64", True)
+
+import ase.io  # noqa: E402
+import numpy as np  # noqa: E402
+
+from benchmarks._common import format_table  # noqa: E402
+from jaxlr import train  # noqa: E402
+from jaxlr.data import Frame, datasets, from_atoms  # noqa: E402
+
+
+def rmse(a, b):
+    d = np.concatenate([np.ravel(x) for x in a]) - np.concatenate([np.ravel(x) for x in b])
+    return float(np.sqrt(np.mean(d * d)))
+
+
+def charge_split(model):
+    atoms = ase.io.read(str(datasets.path("ag3_charge_states")), index=":")
+    by_geometry = {}
+    for a in atoms:
+        by_geometry.setdefault(int(a.info["geometry"]), {})[float(a.info["charge"])] = a
+    pairs = [g for g in by_geometry.values() if 1.0 in g and -1.0 in g][::5]
+    frames = [from_atoms(g[q]) for g in pairs for q in (1.0, -1.0)]
+    pred = train.predict_frames(model, frames)
+    split_pred = np.array(
+        [pred[2 * k]["energy"] - pred[2 * k + 1]["energy"] for k in range(len(pairs))]
+    )
+    split_ref = np.array(
+        [frames[2 * k].energy - frames[2 * k + 1].energy for k in range(len(pairs))]
+    )
+    return float(np.mean(np.abs(split_pred - split_ref))), float(np.mean(split_ref))
+
+
+def fragments(a):
+    frag = a.arrays["fragment"]
+    charges = {"charged": (1.0, -1.0)}.get(a.info["dimer"], (0.0, 0.0))
+    out = []
+    for k in (0, 1):
+        sel = frag == k
+        out.append(Frame(a.positions[sel], a.numbers[sel], charge=charges[k]))
+    return out
+
+
+def dimer_tails(model, beyond=7.0):
+    atoms = ase.io.read(str(datasets.path("dimer_curves")), index=":")
+    atoms = [a for a in atoms if "separation" in a.info and a.info["separation"] > beyond]
+    dimers = [from_atoms(a) for a in atoms]
+    parts = [f for a in atoms for f in fragments(a)]
+    pd, pp = train.predict_frames(model, dimers), train.predict_frames(model, parts)
+    out = {}
+    for k, a in enumerate(atoms):
+        bind = pd[k]["energy"] - pp[2 * k]["energy"] - pp[2 * k + 1]["energy"]
+        ref = a.info["REF_energy"] - float(np.sum(a.info["REF_fragment_energies"]))
+        out.setdefault(a.info["dimer"], []).append(abs(bind - ref))
+    return {k: float(np.mean(v)) * 1e3 for k, v in out.items()}
+
+
+def pull_out(model):
+    path = datasets.load("nacl_path")
+    pred = train.predict_frames(model, path)
+    e = np.array([p["energy"] for p in pred]) - pred[0]["energy"]
+    ref = np.array([f.energy for f in path]) - path[0].energy
+    return float(np.sqrt(np.mean((e - ref) ** 2))) * 1e3
+
+
+rows = []
+for set_name in args.sets.split(","):
+    frames = datasets.load(set_name)
+    for model_name in args.models.split(","):
+        folder = tempfile.mkdtemp()
+        try:
+            cfg = {"model": model_name, "epochs": args.epochs, "patience": args.epochs}
+            t0 = time.perf_counter()
+            run = train.fit(frames, cfg, folder + "/run", progress=False)
+            seconds = time.perf_counter() - t0
+            model, test = run["model"], run["test"]
+            m = run["metrics"]
+            t1 = time.perf_counter()
+            train.predict_frames(model, test)
+            infer = (time.perf_counter() - t1) / max(len(test), 1) * 1e3
+            if set_name == "ag3_charge_states":
+                mae, mean = charge_split(model)
+                check = f"split MAE {mae:.2f} eV (ref {mean:.1f})"
+            elif set_name == "dimer_curves":
+                tails = dimer_tails(model)
+                check = "tail MAE " + ", ".join(f"{k} {v:.0f}" for k, v in sorted(tails.items()))
+                check += " meV"
+            elif set_name == "nacl_clusters":
+                check = f"path RMSE {pull_out(model):.0f} meV"
+            else:
+                check = ""
+            q = m.get("charges")
+            rows.append(
+                [
+                    set_name,
+                    model.name,
+                    f"{m['energy']['rmse'] * 1e3:.2f}",
+                    f"{m['forces']['rmse'] * 1e3:.0f}",
+                    f"{q['rmse'] * 1e3:.0f}" if q else "-",
+                    check,
+                    f"{m['throughput']['train_structures_per_s']:.0f}",
+                    f"{infer:.1f}",
+                    f"{seconds:.0f}",
+                ]
+            )
+            print(rows[-1], flush=True)
+        finally:
+            shutil.rmtree(folder, ignore_errors=True)
+
+print(
+    format_table(
+        [
+            "set",
+            "model",
+            "E RMSE meV/atom",
+            "F RMSE meV/Å",
+            "q RMSE me",
+            "set check",
+            "train struct/s",
+            "infer ms/struct",
+            "s",
+        ],
+        rows,
+    )
+)
