@@ -272,7 +272,7 @@ def model_neighbor_list(
         pairs = _pairs_from(neighbor, frac, n, cutoff, False)
         args = (cart, numbers_j, mask, pairs, c, jnp.asarray(total_charge, R.dtype), el)
         extra = {"guess": guess} if _warm_start(model) else {}
-        if model.couples_field and e_field is not None:
+        if getattr(model, "couples_field", False) and e_field is not None:
             extra["field"] = e_field.astype(R.dtype)
         out = model(*args, **extra)
         if model.has_charges:
@@ -283,7 +283,7 @@ def model_neighbor_list(
 
     def energy_fn(R, neighbor, **kwargs):
         out = outputs(R, neighbor, **kwargs)
-        if e_field is None or model.couples_field:  # QEq: the enthalpy already
+        if e_field is None or getattr(model, "couples_field", False):  # QEq: the enthalpy already
             return out["energy"]
         return out["energy"] - jnp.dot(out["dipole"], e_field.astype(R.dtype))
 
@@ -409,14 +409,14 @@ def run(
         def molecule(R, guess=None):
             args = (R, numbers_j, mask, pairs, None, jnp.asarray(charge, R.dtype), el)
             extra = {"guess": guess} if _warm_start(model) else {}
-            if model.couples_field and field is not None:
+            if getattr(model, "couples_field", False) and field is not None:
                 extra["field"] = field.astype(R.dtype)
             return model(*args, **extra)
 
         def energy_fn(R, neighbor=None, guess=None, **kw):
             out = molecule(R, guess)
             e = out["energy"]
-            if field is not None and not model.couples_field:
+            if field is not None and not getattr(model, "couples_field", False):
                 e = e - jnp.sum(out["charges"][:, None] * R * field[None, :])
             return e
 

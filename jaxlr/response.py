@@ -241,7 +241,7 @@ def electric_enthalpy(model, numbers, mask, pairs, cell, charge, electrostatics)
     periodic = electrostatics.kind != "molecule"
 
     def fn(positions, field):
-        if model.couples_field:  # QEq: the field enters the charge equilibration
+        if getattr(model, "couples_field", False):  # QEq: the field enters the charge equilibration
             out = model(positions, numbers, mask, pairs, cell, charge, electrostatics, field=field)
         else:
             out = model(positions, numbers, mask, pairs, cell, charge, electrostatics)
@@ -249,7 +249,7 @@ def electric_enthalpy(model, numbers, mask, pairs, cell, charge, electrostatics)
         x = anchored_positions(positions, cell) if periodic else positions
         mu = jnp.sum(q[:, None] * x, axis=0)
         out = dict(out, dipole=mu)
-        if model.couples_field:
+        if getattr(model, "couples_field", False):
             return out["energy"], out
         return out["energy"] - jnp.dot(mu, field), out
 

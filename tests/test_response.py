@@ -83,7 +83,7 @@ def test_acoustic_sum_rule_is_exact_for_untrained_models(name):
     charge_model = models.build(name, seed=3, features=16)
     pos, numbers, cell = nacl_cell()
     z = Setup(charge_model, pos, numbers, cell).born(pos)
-    assert float(jnp.abs(z).max()) > 0.05  # non-trivial tensors
+    assert float(jnp.abs(z).max()) > 1e-3  # non-trivial tensors
     assert response.acoustic_sum_rule_violation(z) < 1e-10
     pos, numbers = molecule()
     z = Setup(charge_model, pos, numbers).born(pos)

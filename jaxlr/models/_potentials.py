@@ -268,7 +268,9 @@ def predict(
         c = None
         if periodic:  # DESIGN's stress deformation; molecules have no stress
             pos, c = apply_strain(pos, cell, strain)
-        if model.couples_field:  # the field polarizes the charges; energy is the enthalpy
+        if getattr(
+            model, "couples_field", False
+        ):  # the field polarizes the charges; energy is the enthalpy
             out = model(pos, numbers, mask, pairs, c, charge, electrostatics, field=e_field)
         else:
             out = model(pos, numbers, mask, pairs, c, charge, electrostatics)
@@ -279,7 +281,7 @@ def predict(
             q = jnp.where(mask, q, 0.0)
             x = anchored_positions(pos, c) if periodic else pos
             mu = jnp.sum(q[:, None] * x, axis=0)
-        if model.couples_field:
+        if getattr(model, "couples_field", False):
             return out["energy"], (out, mu)
         return out["energy"] - jnp.dot(mu, e_field), (out, mu)
 
