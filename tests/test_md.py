@@ -169,6 +169,7 @@ def test_npt_runs_and_changes_the_box():
     masses = jnp.asarray(atoms.get_masses())
     init, apply = simulate.npt_nose_hoover(energy, shift, 1.0 / ASE_TIME, 0.0, 300 * 8.617e-5)
     state = init(jax.random.PRNGKey(0), R, box, mass=masses, nbrs_c=nc, nbrs_r=nr)
+
     @jax.jit
     def step(s, nc, nr):
         s = apply(s, nbrs_c=nc, nbrs_r=nr)
