@@ -148,6 +148,11 @@ def _check_fit_range(fit_range, max_lag_fraction):
     return lo, hi
 
 
+def _siemens_per_metre(rate, volume, temperature):
+    """``rate / (V k_B T)`` in S/m for ``rate`` in e^2 Å^2/fs, V in Å^3, T in K."""
+    return rate * _E**2 * _ANGSTROM**2 / _FS / (volume * _ANGSTROM**3 * _KB * temperature)
+
+
 def _mean_error(values):
     v = np.asarray(values)
     return float(v.mean()), float(v.std(ddof=1) / np.sqrt(len(v)))
@@ -186,8 +191,7 @@ def einstein_helfand_conductivity(
         x = m[block]
         max_lag = max(2, int(max_lag_fraction * (len(x) - 1)))
         slope = _slope(_msd(x[:, None, :], max_lag), dt, fit)  # e^2 Å^2 / fs
-        si = slope * _E**2 * _ANGSTROM**2 / _FS
-        values.append(si / (6 * volume * _ANGSTROM**3 * _KB * temperature))
+        values.append(_siemens_per_metre(slope / 6, volume, temperature))
     return _mean_error(values)
 
 
@@ -246,8 +250,7 @@ def nernst_einstein_conductivity(
             max_lag = max(2, int(max_lag_fraction * (len(sel) - 1)))
             d = _slope(_msd(sel, max_lag), dt, fit) / 6  # Å^2/fs
             total += sel.shape[1] * value**2 * d
-        si = total * _E**2 * _ANGSTROM**2 / _FS
-        values.append(si / (volume * _ANGSTROM**3 * _KB * temperature))
+        values.append(_siemens_per_metre(total, volume, temperature))
     return _mean_error(values)
 
 
