@@ -32,6 +32,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxlr.response import output_dipole
 from jaxlr.units import COULOMB
 
 __all__ = ["coulomb_neighbor_list", "model_neighbor_list", "box_to_cell", "run"]
@@ -228,7 +229,6 @@ def model_neighbor_list(
 
     from jaxlr.data import Frame
     from jaxlr.models import _potentials as pot
-    from jaxlr.response import anchored_positions
 
     model = model_or_run
     if not hasattr(model, "cutoff"):
@@ -276,9 +276,7 @@ def model_neighbor_list(
             extra["field"] = e_field.astype(R.dtype)
         out = model(*args, **extra)
         if model.has_charges:
-            out = dict(
-                out, dipole=jnp.sum(out["charges"][:, None] * anchored_positions(cart, c), 0)
-            )
+            out = dict(out, dipole=output_dipole(out, cart, None, c))
         return out
 
     def energy_fn(R, neighbor, **kwargs):
@@ -417,11 +415,11 @@ def run(
             out = molecule(R, guess)
             e = out["energy"]
             if field is not None and not getattr(model, "couples_field", False):
-                e = e - jnp.sum(out["charges"][:, None] * R * field[None, :])
+                e = e - jnp.dot(output_dipole(out, R), field)
             return e
 
         def dipole_fn(R, neighbor=None, guess=None, **kw):
-            return jnp.sum(molecule(R, guess)["charges"][:, None] * R, axis=0)
+            return output_dipole(molecule(R, guess), R)
 
         energy_fn.charges = lambda R, neighbor=None, guess=None, **kw: molecule(R, guess)["charges"]
 

@@ -58,6 +58,7 @@ __all__ = [
     "polarizability",
     "field_electronegativity",
     "model_dipole_fn",
+    "output_dipole",
     "electric_enthalpy",
     "model_born_charges",
     "model_polarizability",
@@ -208,6 +209,25 @@ def polarizability(dipole_of_field, field=None, *args):
 # ------------------------------------------------------------------ jaxlr models
 
 
+def output_dipole(out, positions, mask=None, cell=None):
+    """The dipole (3,) e·Å of a jaxlr model's outputs ``out`` at ``positions``:
+    ``sum_i q_i x_i`` (``x`` the positions of a molecule, for a cell the anchored
+    images, so that it is ``V P``) plus the atomic dipoles ``out["dipoles"]`` when the
+    model predicts them (latent dipoles, Wannier centroids). ``mask`` (N,) drops
+    padding atoms."""
+    q = out["charges"]
+    if mask is not None:
+        q = jnp.where(mask, q, 0.0)
+    x = positions if cell is None else anchored_positions(positions, cell)
+    mu = jnp.sum(q[:, None] * x, axis=0)
+    p = out.get("dipoles")
+    if p is not None:
+        if mask is not None:
+            p = jnp.where(mask[:, None], p, 0.0)
+        mu = mu + jnp.sum(p, axis=0)
+    return mu
+
+
 def model_dipole_fn(model, numbers, mask, pairs, cell, charge, electrostatics):
     """``fn(positions) -> (dipole (3,) e·Å, outputs)`` of a jaxlr charge model: the
     molecular dipole ``sum q_i r_i`` about the origin, or for a cell ``sum q_i
@@ -217,9 +237,7 @@ def model_dipole_fn(model, numbers, mask, pairs, cell, charge, electrostatics):
 
     def fn(positions):
         out = model(positions, numbers, mask, pairs, cell, charge, electrostatics)
-        q = jnp.where(mask, out["charges"], 0.0)
-        x = anchored_positions(positions, cell) if periodic else positions
-        return jnp.sum(q[:, None] * x, axis=0), out
+        return output_dipole(out, positions, mask, cell if periodic else None), out
 
     return fn
 
@@ -245,9 +263,7 @@ def electric_enthalpy(model, numbers, mask, pairs, cell, charge, electrostatics)
             out = model(positions, numbers, mask, pairs, cell, charge, electrostatics, field=field)
         else:
             out = model(positions, numbers, mask, pairs, cell, charge, electrostatics)
-        q = jnp.where(mask, out["charges"], 0.0)
-        x = anchored_positions(positions, cell) if periodic else positions
-        mu = jnp.sum(q[:, None] * x, axis=0)
+        mu = output_dipole(out, positions, mask, cell if periodic else None)
         out = dict(out, dipole=mu)
         if getattr(model, "couples_field", False):
             return out["energy"], out

@@ -61,6 +61,7 @@ PROPERTIES = {
     "dipole": ("me·Å", 1e3),
     "polarization": ("me/Å^2", 1e3),
     "born_charges": ("me", 1e3),
+    "wannier_centres": ("mÅ", 1e3),
 }
 
 
@@ -115,6 +116,7 @@ class TrainConfig:
             "dipole": 0.0,
             "polarization": 0.0,
             "born_charges": 0.0,
+            "wannier_centres": 1e4,
         }
     )
     patience: int = 30
@@ -214,6 +216,7 @@ _ARRAYS = (
     "field",
     "polarization",
     "born_charges",
+    "wannier_centres",
     "has_energy",
     "has_forces",
     "has_stress",
@@ -221,6 +224,7 @@ _ARRAYS = (
     "has_dipole",
     "has_polarization",
     "has_born_charges",
+    "has_wannier_centres",
     "pair_i",
     "pair_j",
     "pair_shifts",
@@ -321,7 +325,26 @@ def _errors(pred, b):
             jnp.sum(atom[..., None, None] * jnp.abs(d)),
             9 * jnp.sum(atom),
         )
+    if "wannier_centres" in pred:
+        atom = (b["mask"] & pred["centre_mask"]) * (w * b["has_wannier_centres"])[:, None]
+        d = _image_difference(pred["wannier_centres"] - b["wannier_centres"], b["cell"])
+        out["wannier_centres"] = (
+            jnp.sum(atom[..., None] * d * d),
+            jnp.sum(atom[..., None] * jnp.abs(d)),
+            3 * jnp.sum(atom),
+        )
     return out
+
+
+def _image_difference(d, cell):
+    """Position differences (B, n, 3) reduced to the nearest lattice image of each
+    periodic structure's cell (molecules, with a zero cell, unchanged)."""
+    volume = jnp.abs(jnp.linalg.det(cell))
+    periodic = volume > 0
+    safe = jnp.where(periodic[:, None, None], cell, jnp.eye(3, dtype=d.dtype))
+    f = jnp.einsum("bni,bij->bnj", d, jnp.linalg.inv(safe))
+    f = f - jax.lax.stop_gradient(jnp.where(periodic[:, None, None], jnp.round(f), 0.0))
+    return jnp.einsum("bnj,bjk->bnk", f, safe)
 
 
 def _loss(errors, weights):
@@ -526,6 +549,12 @@ def _weights(cfg: TrainConfig, model, frames):
     for name in ("polarization", "born_charges"):
         if w[name] > 0 and not any(getattr(f, name) is not None for f in frames):
             raise ValueError(f"weight {name!r} is positive but no training frame has REF_{name}")
+    if hasattr(model, "check_frames"):  # e.g. the Wannier model's charge bookkeeping
+        model.check_frames(frames, "training data")
+    if not getattr(model, "fits_centres", False):
+        w["wannier_centres"] = 0.0
+    elif w["wannier_centres"] > 0 and not any(f.wannier_centres is not None for f in frames):
+        w["wannier_centres"] = 0.0  # trained from energies, forces and dipoles alone
     if not model.has_charges:
         w["charges"] = w["dipole"] = 0.0
     elif not model.fits_charges:
@@ -826,6 +855,11 @@ def predict_frames(model, frames, *, batch_size=16, accuracy=1e-5, born_charges=
                         out["polarization"][slot] if model.has_charges and periodic else None
                     ),
                 }
+                if "wannier_centres" in out:
+                    result[i]["wannier_centres"] = out["wannier_centres"][slot, :n]
+                    result[i]["centre_mask"] = out["centre_mask"][slot, :n]
+                if getattr(model, "predicts_dipoles", False):
+                    result[i]["atomic_dipoles"] = out["atomic_dipoles"][slot, :n]
                 if born_charges:
                     result[i]["born_charges"] = out["born_charges"][slot, :n]
     return result
@@ -840,6 +874,12 @@ def metrics_from(predictions, frames) -> dict:
             if ref is None or val is None:
                 continue
             d = np.ravel(np.asarray(val) - np.asarray(ref))
+            if name == "wannier_centres":  # the atoms that carry a centroid
+                diff = np.asarray(val) - np.asarray(ref)
+                if f.periodic:
+                    frac = diff @ np.linalg.inv(f.cell)
+                    diff = (frac - np.round(frac)) @ f.cell
+                d = np.ravel(diff[np.asarray(p["centre_mask"], bool)])
             if name == "polarization":  # compared on the nearest branch
                 d = np.asarray(_branch_difference(jnp.asarray(d)[None], jnp.asarray(f.cell)[None]))[
                     0

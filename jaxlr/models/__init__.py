@@ -1,6 +1,7 @@
 """Flax (nnx) models composing jaxlr's kernels: the PaiNN backbone, a short-range
 baseline, local charge models (explicit and latent charges) and the charge-
-equilibration model (QEq, 4G-HDNNP style)."""
+equilibration model (QEq, 4G-HDNNP style), long-range attention, LODE and the
+Wannier-centroid model (DPLR style)."""
 
 from jaxlr.models._attention import LongRangeAttention
 from jaxlr.models._lode import LODEModel
@@ -18,10 +19,12 @@ from jaxlr.models._potentials import (
     pure,
 )
 from jaxlr.models._qeq import QEqModel
+from jaxlr.models._wannier import WannierCentres, site_pairs
 
 MODELS["qeq"] = QEqModel
 MODELS["attention"] = LongRangeAttention
 MODELS["lode"] = LODEModel
+MODELS["wannier"] = WannierCentres
 
 __all__ = [
     "PaiNN",
@@ -35,6 +38,8 @@ __all__ = [
     "QEqModel",
     "LongRangeAttention",
     "LODEModel",
+    "WannierCentres",
+    "site_pairs",
     "build",
     "electrostatics_for",
     "pair_cutoff",

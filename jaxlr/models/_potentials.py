@@ -104,7 +104,8 @@ def pair_cutoff(model, frames=(), accuracy=1e-5) -> float:
     cut = float(model.cutoff)
     if model.has_charges and any(all(f.pbc) for f in frames):
         sigma = getattr(model, "sigma_max", model.sigma)
-        cut = max(cut, 2.0 * sigma * math.sqrt(-math.log(accuracy)))
+        margin = getattr(model, "site_margin", 0.0)  # centroid sites off their atoms
+        cut = max(cut, 2.0 * sigma * math.sqrt(-math.log(accuracy)) + margin)
     return cut
 
 
@@ -257,8 +258,13 @@ def predict(
     polarization is on the branch nearest zero. With ``field`` (3,) V/Å the energy is
     the electric enthalpy ``U - mu . field`` (charge models only), and forces and
     stress are its derivatives. ``born=True`` adds ``born_charges`` (N, 3, 3) e as
-    ``d forces / d field`` (Maxwell; equal to ``d mu / d R``)."""
-    from jaxlr.response import anchored_positions, nearest_branch  # avoid a cycle
+    ``d forces / d field`` (Maxwell; equal to ``d mu / d R``).
+
+    Models whose output carries atomic ``dipoles`` (N, 3) e·Å (latent dipoles, Wannier
+    centroids) add them to the dipole; ``atomic_dipoles`` returns them (zeros
+    otherwise), and a Wannier model's ``wannier_centres`` (N, 3) Å and
+    ``centre_mask`` (N,) are passed through."""
+    from jaxlr.response import nearest_branch, output_dipole  # avoid a cycle
 
     periodic = electrostatics.kind != "molecule"
     dtype = positions.dtype
@@ -274,13 +280,10 @@ def predict(
             out = model(pos, numbers, mask, pairs, c, charge, electrostatics, field=e_field)
         else:
             out = model(pos, numbers, mask, pairs, c, charge, electrostatics)
-        q = out["charges"]
-        if q is None:
+        if out["charges"] is None:
             mu = jnp.zeros(3, dtype)
-        else:
-            q = jnp.where(mask, q, 0.0)
-            x = anchored_positions(pos, c) if periodic else pos
-            mu = jnp.sum(q[:, None] * x, axis=0)
+        else:  # charges, plus atomic dipoles where the model has them
+            mu = output_dipole(out, pos, mask, c if periodic else None)
         if getattr(model, "couples_field", False):
             return out["energy"], (out, mu)
         return out["energy"] - jnp.dot(mu, e_field), (out, mu)
@@ -317,6 +320,11 @@ def predict(
         "dipole": mu,
         "polarization": polarization,
     }
+    p = out.get("dipoles")
+    result["atomic_dipoles"] = jnp.zeros_like(positions) if p is None else p
+    if "centres" in out:
+        result["wannier_centres"] = out["centres"]
+        result["centre_mask"] = out["centre_mask"]
     if born:
         result["born_charges"] = z
     return result
