@@ -236,12 +236,22 @@ def build_parser():
         "--data",
         default="nacl_clusters",
         help="extxyz file or shipped dataset name "
-        "(nacl_clusters, nacl_bulk, random_charges, water_clusters; default nacl_clusters)",
+        "(nacl_clusters, nacl_bulk, random_charges, water_clusters, water_wannier, ...; "
+        "default nacl_clusters)",
     )
     f.add_argument(
         "--model",
         default=None,
-        choices=["latent", "explicit", "qeq", "lode", "attention", "short_range"],
+        choices=[
+            "latent",
+            "explicit",
+            "latent_dipoles",
+            "wannier",
+            "qeq",
+            "lode",
+            "attention",
+            "short_range",
+        ],
         help="model (default: latent, or the config file's)",
     )
     f.add_argument("--config", default=None, help="JSON file of TrainConfig fields")
@@ -251,7 +261,7 @@ def build_parser():
         default=[],
         metavar="NAME=VALUE",
         help="loss weight (repeatable): energy, forces, stress, charges, dipole, "
-        "polarization, born_charges; e.g. --weight born_charges=100",
+        "polarization, born_charges, wannier_centres; e.g. --weight born_charges=100",
     )
     f.add_argument("--epochs", type=int, default=None, help="maximum epochs (default 60)")
     f.add_argument("--out", default=None, help="run folder (default runs/fit-DATE-TIME)")

@@ -78,7 +78,8 @@ class TrainConfig:
     """Training settings (JSON-serialisable; ``TrainConfig.from_dict`` validates).
 
     Attributes:
-      model: ``short_range``, ``explicit``, ``latent``, ``qeq``, ``lode`` or ``attention``.
+      model: ``short_range``, ``explicit``, ``latent``, ``latent_dipoles``, ``wannier``,
+        ``qeq``, ``lode`` or ``attention``.
       model_args: hyper-parameters of the model (see :class:`jaxlr.models.ShortRange`).
       epochs: maximum number of epochs. batch_size: structures per step (rounded up
         to a multiple of the device count).
@@ -89,7 +90,8 @@ class TrainConfig:
       weights: loss weights per property (energy per atom, forces, stress, charges,
         dipole, polarization compared on the nearest branch, born_charges; the last
         three need a charge model and REF_ labels, Born charges cost a
-        forward-over-reverse derivative per step).
+        forward-over-reverse derivative per step; wannier_centres (Å^2) trains a
+        Wannier model's centroids against ``REF_wannier_centres``).
       patience: epochs without validation improvement before stopping.
       split: train / validation / test fractions; seed: split, shuffling and
         initialisation seed.

@@ -49,6 +49,7 @@ __all__ = [
     "ShortRange",
     "ExplicitCharges",
     "LatentCharges",
+    "LatentDipoles",
     "MODELS",
     "build",
     "predict",
@@ -69,11 +70,14 @@ class Electrostatics:
     lode: tuple | None = None  # per LODE exponent, the static k index set of cells
 
 
-def electrostatics_for(frames, kind, *, sigma, cutoff, accuracy=1e-5) -> Electrostatics:
+def electrostatics_for(
+    frames, kind, *, sigma, cutoff, accuracy=1e-5, dipoles=False
+) -> Electrostatics:
     """Host: the route for ``frames`` of one ``kind``. For cells, the Ewald splitting
     alpha makes the real-space error ``accuracy`` (relative, Gaussian charges of width
     ``sigma``) at ``cutoff`` (the pair lists' cutoff, see :func:`pair_cutoff`), and
-    ``k_max`` per axis covers the largest cell among ``frames``."""
+    ``k_max`` per axis covers the largest cell among ``frames`` (with ``dipoles``,
+    for charges and atomic dipoles: the dipolar reciprocal sum needs more k)."""
     if kind == "molecule":
         return Electrostatics("molecule")
     if kind == "slab":
@@ -88,7 +92,11 @@ def electrostatics_for(frames, kind, *, sigma, cutoff, accuracy=1e-5) -> Electro
     ref = frames[int(np.argmax(lengths.prod(axis=1)))]
     q = ref.charges if ref.charges is not None else np.where(ref.numbers % 2 == 0, 1.0, -1.0)
     alpha = math.sqrt(-math.log(accuracy)) / float(cutoff)
-    cfg = tune_ewald(ref.positions, q, ref.cell, accuracy=accuracy, sigma=sigma, alpha=alpha)
+    kw = {}
+    if dipoles:  # an example of atomic dipoles of 0.1 e·Å for the dipolar error estimate
+        rng = np.random.default_rng(0)
+        kw["dipoles"] = 0.1 * rng.normal(size=(len(q), 3))
+    cfg = tune_ewald(ref.positions, q, ref.cell, accuracy=accuracy, sigma=sigma, alpha=alpha, **kw)
     ref_len = np.linalg.norm(ref.cell, axis=1)
     k_max = np.max(np.ceil(np.asarray(cfg.k_max)[None, :] * lengths / ref_len[None, :]), axis=0)
     cfg = EwaldConfig(alpha, float(cutoff), tuple(int(k) for k in k_max))
@@ -119,12 +127,17 @@ class ShortRange(nnx.Module):
       seed: parameter initialisation seed.
       backbone: optional nnx module with PaiNN's interface (replaces the default;
         its feature width must equal ``features``).
+      atomic_dipoles: explicit and latent charge models only: a vector head also
+        predicts a Gaussian atomic dipole per atom (e·Å, width ``sigma``; rotates with
+        the structure), which enters the Coulomb energy (charge-dipole and
+        dipole-dipole terms) and the dipole / polarization outputs.
     """
 
     has_charges = False
     fits_charges = False
     couples_field = False  # True: the model takes ``field=`` itself (QEq)
     _direct_charges = True
+    _local_charges = False  # explicit / latent: the atomic-dipole option applies
 
     def __init__(
         self,
@@ -136,7 +149,13 @@ class ShortRange(nnx.Module):
         sigma=1.0,
         seed=0,
         backbone=None,
+        atomic_dipoles=False,
     ):
+        if atomic_dipoles and not self._local_charges:
+            raise ValueError(
+                f"atomic_dipoles=True is an option of the explicit and latent charge models, "
+                f"not of {type(self).__name__}"
+            )
         rngs = nnx.Rngs(seed)
         self.hyper_items = tuple(
             dict(
@@ -149,6 +168,9 @@ class ShortRange(nnx.Module):
                 seed=int(seed),
             ).items()
         )  # a tuple: the graph definition stays hashable (jit caches on it)
+        self.atomic_dipoles = bool(atomic_dipoles)
+        if self.atomic_dipoles:
+            self.hyper_items = self.hyper_items + (("atomic_dipoles", True),)
         self.cutoff = float(cutoff)
         self.sigma = float(sigma)
         self.backbone = backbone or PaiNN(
@@ -160,13 +182,28 @@ class ShortRange(nnx.Module):
         if self.has_charges and self._direct_charges:
             self.charge_head = _MLP((features, hidden, 1), rngs=rngs)
             self.species_charge = nnx.Param(jnp.zeros(MAX_NUMBER + 1))
+        if self.atomic_dipoles:
+            self.dipole_gate = _MLP((features, hidden, features), rngs=rngs)
+            self.dipole_scale = nnx.Param(jnp.asarray(0.01))
+
+    @property
+    def predicts_dipoles(self) -> bool:
+        """True when the model's outputs carry atomic dipoles."""
+        return self.atomic_dipoles
 
     def route(self, frames, kind, *, cutoff, accuracy=1e-5) -> Electrostatics:
         """Host: the static route for ``frames`` of one ``kind`` (the Ewald set of a
         charge model; models with other nonlocal parts extend it)."""
         if not self.has_charges:
             return Electrostatics("molecule" if kind == "molecule" else "periodic")
-        return electrostatics_for(frames, kind, sigma=self.sigma, cutoff=cutoff, accuracy=accuracy)
+        return electrostatics_for(
+            frames,
+            kind,
+            sigma=self.sigma,
+            cutoff=cutoff,
+            accuracy=accuracy,
+            dipoles=self.atomic_dipoles,
+        )
 
     @property
     def hyper(self) -> dict:
@@ -190,30 +227,46 @@ class ShortRange(nnx.Module):
 
     def __call__(self, positions, numbers, mask, pairs, cell, charge, electrostatics):
         dtype = positions.dtype
-        s = self.features(positions, numbers, mask, pairs, cell).astype(dtype)
+        s, v = self.backbone(positions, numbers, mask, pairs, cell)
+        s = s.astype(dtype)
         atomic = self.energy_scale * self.energy_head(s)[:, 0] + self.species_energy[numbers]
         energy = jnp.sum(jnp.where(mask, atomic, 0.0))
         if not self.has_charges:
             return {"energy": energy, "charges": None}
         q = self.charges(s, numbers, mask, charge).astype(dtype)
-        return {
-            "energy": energy + coulomb(positions, q, mask, pairs, cell, self.sigma, electrostatics),
-            "charges": q,
-        }
+        p = None
+        if self.atomic_dipoles:
+            g = self.dipole_gate(s)  # invariant gates on the equivariant vectors
+            p = self.dipole_scale * jnp.einsum("iaf,if->ia", v.astype(dtype), g)
+            p = jnp.where(mask[:, None], p, 0.0)
+        e_coul = coulomb(positions, q, mask, pairs, cell, self.sigma, electrostatics, dipoles=p)
+        out = {"energy": energy + e_coul, "charges": q}
+        if p is not None:
+            out["dipoles"] = p
+        return out
 
 
-def coulomb(positions, q, mask, pairs, cell, sigma, electrostatics):
-    """Energy (eV) of Gaussian charges ``q`` (width ``sigma``) of one padded structure:
-    every real pair for a molecule, Ewald over ``pairs`` for a cell."""
+def coulomb(positions, q, mask, pairs, cell, sigma, electrostatics, dipoles=None):
+    """Energy (eV) of Gaussian charges ``q`` (width ``sigma``) and optional Gaussian
+    atomic ``dipoles`` (N, 3) of one padded structure: every real pair for a
+    molecule, Ewald over ``pairs`` for a cell."""
     if electrostatics.kind == "molecule":
         n = positions.shape[0]
         i, j = np.triu_indices(n, k=1)
         i, j = jnp.asarray(i, jnp.int32), jnp.asarray(j, jnp.int32)
         every = Pairs(i, j, jnp.zeros((len(i), 3), jnp.int32), mask[i] & mask[j], math.inf, True)
-        return coulomb_energy(positions, q, every, sigma=sigma, prefactor=COULOMB)
+        return coulomb_energy(positions, q, every, sigma=sigma, prefactor=COULOMB, dipoles=dipoles)
     if electrostatics.kind == "periodic":
+        kw = {} if dipoles is None else {"dipoles": dipoles}
         return ewald_energy(
-            positions, q, cell, pairs, config=electrostatics.ewald, sigma=sigma, prefactor=COULOMB
+            positions,
+            q,
+            cell,
+            pairs,
+            config=electrostatics.ewald,
+            sigma=sigma,
+            prefactor=COULOMB,
+            **kw,
         )
     raise ValueError(f"unknown electrostatics kind {electrostatics.kind!r}")
 
@@ -224,16 +277,34 @@ class ExplicitCharges(ShortRange):
 
     has_charges = True
     fits_charges = True
+    _local_charges = True
 
 
 class LatentCharges(ShortRange):
-    """As :class:`ExplicitCharges`, the charges learned from energies and forces only."""
+    """As :class:`ExplicitCharges`, the charges learned from energies and forces only
+    (and from molecular dipoles when a ``dipole`` weight is set); with
+    ``atomic_dipoles=True`` the latent-dipole model (charges and atomic dipoles)."""
 
     has_charges = True
     fits_charges = False
+    _local_charges = True
 
 
-MODELS = {"short_range": ShortRange, "explicit": ExplicitCharges, "latent": LatentCharges}
+class LatentDipoles(LatentCharges):
+    """The latent-dipole model: :class:`LatentCharges` with ``atomic_dipoles=True``
+    (charges and Gaussian atomic dipoles learned from energies, forces and, with a
+    ``dipole`` weight, molecular dipoles)."""
+
+    def __init__(self, *args, atomic_dipoles=True, **kwargs):
+        super().__init__(*args, atomic_dipoles=atomic_dipoles, **kwargs)
+
+
+MODELS = {
+    "short_range": ShortRange,
+    "explicit": ExplicitCharges,
+    "latent": LatentCharges,
+    "latent_dipoles": LatentDipoles,
+}
 
 
 def build(name: str, **hyper) -> ShortRange:
