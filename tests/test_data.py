@@ -30,6 +30,8 @@ def frames(seed=0):
         labels = dict(energy=float(rng.normal()))
         if kind != "slab":
             labels.update(forces=rng.normal(size=(n, 3)), charges=q, dipole=rng.normal(size=3))
+        if kind == "mol":
+            labels["wannier_centres"] = pos + 0.1 * rng.normal(size=(n, 3))
         if kind == "cell":
             s = rng.normal(size=(3, 3))
             labels["stress"] = s + s.T
@@ -81,6 +83,33 @@ def test_malformed_data_names_file_frame_and_key(tmp_path):
         data.from_atoms(atoms)
     with pytest.raises(FileNotFoundError, match="no such dataset"):
         data.read(tmp_path / "missing.extxyz")
+
+
+def test_wannier_centres_label_round_trip_validation_and_batch(tmp_path):
+    path = tmp_path / "wannier.extxyz"
+    original = frames()
+    assert original[0].labels() == ["energy", "forces", "charges", "dipole", "wannier_centres"]
+    data.write(path, original)
+    text = path.read_text()
+    assert "REF_wannier_centres:R:3" in text
+    back = data.read(path)
+    np.testing.assert_allclose(back[0].wannier_centres, original[0].wannier_centres, atol=5e-9)
+    assert back[1].wannier_centres is None
+    batch = data.pad(back[:2], 8, batch_size=3)
+    assert batch.wannier_centres.shape == (3, 8, 3)
+    np.testing.assert_array_equal(batch.has_wannier_centres, [1, 0, 0])
+    np.testing.assert_array_equal(batch.wannier_centres[0, 5:], 0.0)  # padding atoms
+    np.testing.assert_array_equal(batch.wannier_centres[1], 0.0)
+    again = data.unpad(batch)
+    np.testing.assert_array_equal(again[0].wannier_centres, back[0].wannier_centres)
+    assert again[1].wannier_centres is None
+    atoms = data.to_atoms(original[0])
+    atoms.arrays["REF_wannier_centres"] = np.zeros((len(atoms), 2))
+    with pytest.raises(ValueError, match=r"frame 7: key 'REF_wannier_centres' has shape"):
+        data.from_atoms(atoms, index=7)
+    atoms.arrays["REF_wannier_centres"] = np.full((len(atoms), 3), np.nan)
+    with pytest.raises(ValueError, match="'REF_wannier_centres' has non-finite"):
+        data.from_atoms(atoms)
 
 
 def test_padding_and_buckets_never_change_a_prediction():

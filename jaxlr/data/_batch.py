@@ -52,8 +52,17 @@ def pair_counts(frames, cutoff) -> np.ndarray:
     return np.array([len(_frame_pairs(f, cutoff)[0]) for f in frames], np.int64)
 
 
-_LABELS = ("energy", "forces", "stress", "charges", "dipole", "polarization", "born_charges")
-_PER_ATOM = ("forces", "charges", "born_charges")
+_LABELS = (
+    "energy",
+    "forces",
+    "stress",
+    "charges",
+    "dipole",
+    "polarization",
+    "born_charges",
+    "wannier_centres",
+)
+_PER_ATOM = ("forces", "charges", "born_charges", "wannier_centres")
 
 
 class Batch(NamedTuple):
@@ -63,8 +72,9 @@ class Batch(NamedTuple):
     ``cell (B, 3, 3)`` (zeros for a molecule), ``pbc (B, 3)``, ``charge (B,)``,
     ``weight (B,)`` (0 for padding structures), labels ``energy (B,)``, ``forces (B,
     n, 3)``, ``stress (B, 3, 3)``, ``charges (B, n)``, ``dipole (B, 3)``, ``field (B,
-    3)``, ``polarization (B, 3)``, ``born_charges (B, n, 3, 3)`` and their availability
-    ``has_energy`` ... ``has_born_charges`` (B,) (0 or 1).
+    3)``, ``polarization (B, 3)``, ``born_charges (B, n, 3, 3)``, ``wannier_centres (B,
+    n, 3)`` (Å; zero on padding atoms) and their availability ``has_energy`` ...
+    ``has_born_charges``, ``has_wannier_centres`` (B,) (0 or 1).
     """
 
     positions: np.ndarray
@@ -82,6 +92,7 @@ class Batch(NamedTuple):
     field: np.ndarray
     polarization: np.ndarray
     born_charges: np.ndarray
+    wannier_centres: np.ndarray
     has_energy: np.ndarray
     has_forces: np.ndarray
     has_stress: np.ndarray
@@ -89,6 +100,7 @@ class Batch(NamedTuple):
     has_dipole: np.ndarray
     has_polarization: np.ndarray
     has_born_charges: np.ndarray
+    has_wannier_centres: np.ndarray
     pair_i: np.ndarray | None = None
     pair_j: np.ndarray | None = None
     pair_shifts: np.ndarray | None = None
@@ -142,6 +154,7 @@ def pad(
         "field": np.zeros((b, 3)),
         "polarization": np.zeros((b, 3)),
         "born_charges": np.zeros((b, n_max, 3, 3)),
+        "wannier_centres": np.zeros((b, n_max, 3)),
     }
     for name in _LABELS:
         out["has_" + name] = np.zeros(b)

@@ -5,8 +5,10 @@ optional cell with its ``pbc``, the total charge, and whichever reference labels
 carries (``REF_energy``, ``REF_forces``, ``REF_stress``, ``REF_charges``,
 ``REF_dipole``, ``REF_polarization``, ``REF_born_charges`` (per atom, 9 numbers,
 row-major ``Z[i, a, b] = d mu_a / d R_ib``), ``REF_polarizability`` (9 numbers,
-``alpha[a, b] = d mu_a / d field_b``); an external field in ``info["field"]``). Periodic, slab and
-non-periodic structures mix freely in one list.
+``alpha[a, b] = d mu_a / d field_b``), ``REF_wannier_centres`` (per atom, 3 numbers, Å:
+the Wannier centroid carried by each atom, see :attr:`Frame.wannier_centres`); an
+external field in ``info["field"]``). Periodic, slab and non-periodic structures mix
+freely in one list.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ LABELS = {
     "polarization": ("REF_polarization", "info", (3,)),
     "born_charges": ("REF_born_charges", "arrays", (3, 3)),
     "polarizability": ("REF_polarizability", "info", (3, 3)),
+    "wannier_centres": ("REF_wannier_centres", "arrays", (3,)),
 }
 
 
@@ -46,6 +49,9 @@ class Frame:
       polarization: (3,) e/Å^2 (periodic; compared modulo its quantum).
       born_charges: (N, 3, 3) e, ``Z[i, a, b] = d mu_a / d R_ib``.
       polarizability: (3, 3) e·Å^2/V, ``alpha[a, b] = d mu_a / d field_b``.
+      wannier_centres: (N, 3) Å, one row per atom: for an oxygen the centroid of its
+        valence localized (Wannier / Foster-Boys) orbitals, for a hydrogen its own
+        position (it carries none); see :func:`jaxlr.data.qm.wannier_label`.
     """
 
     positions: np.ndarray
@@ -62,6 +68,7 @@ class Frame:
     polarization: np.ndarray | None = None
     born_charges: np.ndarray | None = None
     polarizability: np.ndarray | None = None
+    wannier_centres: np.ndarray | None = None
 
     @property
     def n_atoms(self) -> int:
