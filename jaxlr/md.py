@@ -337,6 +337,7 @@ def run(
     seed=0,
     progress=True,
     accuracy=1e-5,
+    warm_start=False,
 ):
     """Molecular dynamics of ``atoms`` (ASE) with a trained model in jax-md.
 
@@ -355,6 +356,12 @@ def run(
         gains the dipole ``dipole_x/y/z`` (e·Å) for charge models.
       every: steps between log lines / trajectory frames. out: folder for
         ``thermo.csv``, ``trajectory.extxyz`` and ``energy.png`` (None: no files).
+      warm_start: QEq models with ``solver="matrix_free"`` only: start each step's
+        charge solve from the previous step's charges. jax-md's integrators do not
+        return the charges of their force call, so this costs one more (warm) solve
+        per step; it pays off only when a cold solve takes more than twice the
+        iterations of a warm one (not the case for the Jacobi-preconditioned QEq
+        systems measured, 12 -> 10 iterations), hence off by default.
 
     Returns:
       dict with the thermo log (lists) and the final ASE atoms.
@@ -450,7 +457,12 @@ def run(
     def current_box(state):
         return simulate.npt_box(state) if ensemble == "npt" else (box if periodic else None)
 
-    warm = _warm_start(model)
+    if warm_start and not _warm_start(model):
+        raise ValueError(
+            "warm_start=True needs a QEq model with solver='matrix_free' (it warm-starts "
+            "the matrix-free charge solve)"
+        )
+    warm = bool(warm_start)
 
     def chunk(state, nbrs, guess, k):
         def body(_, carry):

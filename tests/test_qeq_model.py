@@ -220,6 +220,8 @@ def test_md_warm_starts_the_matrix_free_solve(model):
     nnx.update(free, nnx.state(model))
     kw = {"steps": 20, "dt": 0.5, "temperature": 300, "every": 20, "progress": False}
     dense = md.run(model, atoms, **kw)
-    warm = md.run(free, atoms, **kw)
+    warm = md.run(free, atoms, warm_start=True, **kw)
     np.testing.assert_allclose(warm["atoms"].positions, dense["atoms"].positions, atol=1e-8)
     np.testing.assert_allclose(warm["log"]["total"], dense["log"]["total"], atol=1e-8)
+    with pytest.raises(ValueError, match="warm_start"):
+        md.run(model, atoms, warm_start=True, **kw)  # the dense solver has no guess

@@ -107,3 +107,66 @@ def test_bookkeeping_errors_and_hyper_round_trip():
     methane = Frame(positions=np.eye(3) * 1.5, numbers=np.array([6, 1, 1]))
     with pytest.raises(ValueError, match="without an ionic charge"):
         m.check_frames([methane])
+
+
+# ---------------------------------------------------------------- latent dipoles
+
+
+def _dipole_model():
+    from jaxlr.models import LatentDipoles
+
+    m = LatentDipoles(features=16, n_layers=1, cutoff=4.0, sigma=0.5, seed=2)
+    m.dipole_scale[...] = jnp.asarray(0.5)
+    return m
+
+
+def test_latent_dipoles_rotate_and_enter_energy_and_dipole():
+    water = water_cluster(3)
+    frame = Frame(positions=water.positions, numbers=water.numbers)
+    m = _dipole_model()
+    a = predict_frames(m, [frame])[0]
+    p = a["atomic_dipoles"]
+    assert np.abs(p).max() > 1e-2
+    np.testing.assert_allclose(a["dipole"], a["charges"] @ frame.positions + p.sum(0), atol=1e-10)
+    # the Coulomb part is the public kernel's energy of these charges and dipoles
+    m0 = _dipole_model()
+    m0.energy_scale[...] = jnp.zeros(())
+    b = predict_frames(m0, [frame])[0]
+    ref = jaxlr.electrostatic_energy(
+        frame.positions, b["charges"], dipoles=b["atomic_dipoles"], sigma=0.5
+    )
+    np.testing.assert_allclose(b["energy"], float(ref), rtol=1e-10)
+    rot = random_rotation(np.random.default_rng(4))
+    c = predict_frames(m, [Frame(positions=water.positions @ rot.T, numbers=water.numbers)])[0]
+    np.testing.assert_allclose(c["atomic_dipoles"], p @ rot.T, atol=1e-10)
+    np.testing.assert_allclose(c["energy"], a["energy"], rtol=1e-10)
+
+
+def test_latent_dipoles_in_a_cell_obey_the_sum_rule():
+    water = water_cluster(4)
+    cell = np.diag([7.0, 7.5, 8.0])
+    frame = Frame(
+        positions=water.positions + 3.0, numbers=water.numbers, cell=cell, pbc=(True,) * 3
+    )
+    m = _dipole_model()
+    m.energy_scale[...] = jnp.zeros(())
+    out = predict_frames(m, [frame], accuracy=1e-8, born_charges=True)[0]
+    ref = jaxlr.electrostatic_energy(
+        frame.positions,
+        out["charges"],
+        cell,
+        dipoles=out["atomic_dipoles"],
+        sigma=0.5,
+        method="ewald",
+        accuracy=1e-10,
+    )
+    np.testing.assert_allclose(out["energy"], float(ref), rtol=1e-6)
+    assert np.abs(out["born_charges"].sum(axis=0)).max() < 1e-9
+
+
+def test_atomic_dipoles_only_for_local_charge_models():
+    with pytest.raises(ValueError, match="atomic_dipoles"):
+        build("short_range", atomic_dipoles=True)
+    m = _dipole_model()
+    again = build("latent_dipoles", **m.hyper)
+    assert again.atomic_dipoles and again.hyper == m.hyper
