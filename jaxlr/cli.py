@@ -250,6 +250,7 @@ def build_parser():
             "qeq",
             "lode",
             "attention",
+            "ewald-mp",
             "short_range",
         ],
         help="model (default: latent, or the config file's)",

@@ -79,7 +79,7 @@ class TrainConfig:
 
     Attributes:
       model: ``short_range``, ``explicit``, ``latent``, ``latent_dipoles``, ``wannier``,
-        ``qeq``, ``lode`` or ``attention``.
+        ``qeq``, ``lode``, ``attention`` or ``ewald-mp``.
       model_args: hyper-parameters of the model (see :class:`jaxlr.models.ShortRange`).
       epochs: maximum number of epochs. batch_size: structures per step (rounded up
         to a multiple of the device count).

@@ -1,4 +1,4 @@
-"""The nonlocal models (long-range attention, LODE features): derivatives,
+"""The nonlocal models (long-range attention, LODE features, Ewald message passing): derivatives,
 symmetries, supercells, the total charge, and the checkpoint round trip."""
 
 import jax
@@ -16,14 +16,18 @@ from tests.structures import random_rotation
 SMALL = {"features": 8, "n_layers": 1, "n_basis": 6, "hidden": 8}
 
 
-@pytest.fixture(scope="module", params=["attention", "lode"])
+@pytest.fixture(scope="module", params=["attention", "lode", "ewald-mp"])
 def model(request):
     return models.build(request.param, **SMALL, seed=4)
 
 
 def energy_fn(model, numbers, pairs, cell=None, charge=0.0):
     kind = "molecule" if cell is None else "periodic"
-    frame = Frame(np.zeros((len(numbers), 3)), np.asarray(numbers), cell, (cell is not None,) * 3)
+    # the route depends on the cell only (spread atoms: the Ewald tuner of ewald-mp
+    # estimates its error on a typical arrangement)
+    spread = np.random.default_rng(0).uniform(size=(len(numbers), 3))
+    spread = spread @ cell if cell is not None else spread
+    frame = Frame(spread, np.asarray(numbers), cell, (cell is not None,) * 3)
     el = model.route([frame], kind, cutoff=model.cutoff)
     mask = jnp.ones(len(numbers), bool)
     num = jnp.asarray(numbers)
@@ -90,7 +94,7 @@ def test_invariances_and_total_charge(model):
     assert e_plus == e_minus  # a local model cannot tell them apart
 
 
-@pytest.mark.parametrize("name", ["attention", "lode"])
+@pytest.mark.parametrize("name", ["attention", "lode", "ewald-mp"])
 def test_trains_saves_and_reloads(tmp_path, name):
     frames = [f for f in datasets.load("water_clusters") if f.n_atoms == 6 and f.field is None]
     frames = frames[:10]

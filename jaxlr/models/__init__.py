@@ -1,9 +1,10 @@
 """Flax (nnx) models composing jaxlr's kernels: the PaiNN backbone, a short-range
 baseline, local charge models (explicit and latent charges) and the charge-
-equilibration model (QEq, 4G-HDNNP style), long-range attention, LODE and the
+equilibration model (QEq, 4G-HDNNP style), long-range attention, Ewald message passing, LODE and the
 Wannier-centroid model (DPLR style)."""
 
 from jaxlr.models._attention import LongRangeAttention
+from jaxlr.models._ewald_mp import EwaldMessagePassing
 from jaxlr.models._lode import LODEModel
 from jaxlr.models._painn import PaiNN, cosine_cutoff, radial_basis
 from jaxlr.models._potentials import (
@@ -24,6 +25,7 @@ from jaxlr.models._wannier import WannierCentres, site_pairs
 
 MODELS["qeq"] = QEqModel
 MODELS["attention"] = LongRangeAttention
+MODELS["ewald-mp"] = EwaldMessagePassing
 MODELS["lode"] = LODEModel
 MODELS["wannier"] = WannierCentres
 
@@ -39,6 +41,7 @@ __all__ = [
     "ShortRange",
     "QEqModel",
     "LongRangeAttention",
+    "EwaldMessagePassing",
     "LODEModel",
     "WannierCentres",
     "site_pairs",

@@ -110,7 +110,8 @@ def pair_cutoff(model, frames=(), accuracy=1e-5) -> float:
     ``erfc(r / (2 sigma)) / r`` must have died out, else the energy jumps as pairs
     cross the cutoff)."""
     cut = float(model.cutoff)
-    if model.has_charges and any(all(f.pbc) for f in frames):
+    ewald = model.has_charges or getattr(model, "uses_ewald", False)
+    if ewald and any(all(f.pbc) for f in frames):
         sigma = getattr(model, "sigma_max", model.sigma)
         margin = getattr(model, "site_margin", 0.0)  # centroid sites off their atoms
         cut = max(cut, 2.0 * sigma * math.sqrt(-math.log(accuracy)) + margin)
@@ -227,7 +228,10 @@ class ShortRange(nnx.Module):
 
     def __call__(self, positions, numbers, mask, pairs, cell, charge, electrostatics):
         dtype = positions.dtype
-        s, v = self.backbone(positions, numbers, mask, pairs, cell)
+        if self.atomic_dipoles:
+            s, v = self.backbone(positions, numbers, mask, pairs, cell)
+        else:
+            s = self.features(positions, numbers, mask, pairs, cell)
         s = s.astype(dtype)
         atomic = self.energy_scale * self.energy_head(s)[:, 0] + self.species_energy[numbers]
         energy = jnp.sum(jnp.where(mask, atomic, 0.0))
