@@ -35,7 +35,7 @@ import jax
 
 parser = argparse.ArgumentParser()
 parser.add_argument("--epochs", type=int, default=60)
-parser.add_argument("--models", default="short_range,explicit,latent,qeq,attention")
+parser.add_argument("--models", default="short_range,explicit,latent,qeq,lode,ewald-mp,attention")
 parser.add_argument("--sets", default="nacl_clusters,ag3_charge_states,carbon_chains,dimer_curves")
 parser.add_argument("--dipole-weight", type=float, default=100.0)
 args = parser.parse_args()
