@@ -65,6 +65,10 @@ PROPERTIES = {
 }
 
 
+#: the loss terms of the charges-first phase (``TrainConfig.charges_first_epochs``)
+CHARGE_TERMS = ("charges", "dipole", "polarization", "born_charges", "wannier_centres")
+
+
 class TrainingDiverged(RuntimeError):
     """The loss became non-finite; the run folder keeps the last good checkpoint."""
 
@@ -97,6 +101,11 @@ class TrainConfig:
         initialisation seed.
       n_buckets: padded sizes per kind. accuracy: relative Ewald accuracy of the
         charge models in cells.
+      charges_first_epochs: the first this many epochs train only the charge-like
+        terms (charges, dipole, polarization, Born charges, Wannier centroids), then
+        every term jointly (4G-HDNNP's charges-first schedule, e.g. for QEq); the
+        best-epoch tracking restarts when the energy terms switch on. 0: joint from
+        the start.
     """
 
     model: str = "latent"
@@ -126,6 +135,7 @@ class TrainConfig:
     seed: int = 0
     n_buckets: int = 2
     accuracy: float = 1e-5
+    charges_first_epochs: int = 0
 
     @classmethod
     def from_dict(cls, d: dict) -> TrainConfig:
@@ -173,6 +183,12 @@ class TrainConfig:
             )
         if not 0 < self.accuracy < 1:
             raise ValueError(f"accuracy must be in (0, 1), got {self.accuracy}")
+        c = self.charges_first_epochs
+        if not (isinstance(c, int) and 0 <= c < self.epochs):
+            raise ValueError(
+                f"charges_first_epochs must be an integer in [0, epochs), got {c!r} "
+                f"(epochs={self.epochs})"
+            )
 
 
 # ------------------------------------------------------------------ file helpers
@@ -693,6 +709,16 @@ def fit(
     params = jax.device_put(params, setup.replicated)
     opt_state = jax.device_put(tx.init(params), setup.replicated)
     trainer = _Trainer(graphdef, tx, weights, setup.cutoff)
+    charge_trainer = None
+    if cfg.charges_first_epochs:
+        first = {k: (w if k in CHARGE_TERMS else 0.0) for k, w in weights.items()}
+        if not any(first.values()):
+            raise ValueError(
+                "charges_first_epochs > 0 but no charge-like loss term is active for this "
+                f"model and data (positive weights: {[k for k, w in weights.items() if w]}; "
+                f"charge-like terms: {list(CHARGE_TERMS)})"
+            )
+        charge_trainer = _Trainer(graphdef, tx, first, setup.cutoff)
     counters = {"epoch": 0, "step": 0, "bad_epochs": 0, "best_val": math.inf}
     history = []
     ckpt = out / "checkpoints"
@@ -721,6 +747,11 @@ def fit(
     for epoch in range(counters["epoch"], cfg.epochs):
         if counters["bad_epochs"] >= cfg.patience:  # a resumed run that had stopped early
             break
+        active = trainer
+        if epoch < cfg.charges_first_epochs:
+            active = charge_trainer
+        elif epoch == cfg.charges_first_epochs > 0:  # energies switch on: a new loss
+            counters["best_val"], counters["bad_epochs"] = math.inf, 0
         total, losses = {}, []
         bar = tqdm(
             total=steps_per_epoch,
@@ -730,7 +761,7 @@ def fit(
         )
         t0 = time.perf_counter()
         for kind, b in _batches(setup, train, shuffle=True, seed=cfg.seed * 100003 + epoch):
-            new_params, new_opt, loss, err = trainer.train_step(
+            new_params, new_opt, loss, err = active.train_step(
                 params, opt_state, b, setup.electrostatics[kind]
             )
             loss = float(loss)
@@ -755,7 +786,7 @@ def fit(
             bar.set_postfix(loss=f"{loss:.4g}")
         bar.close()
         t_train += time.perf_counter() - t0
-        val_loss, val_metrics = _evaluate_loss(trainer, setup, params, val)
+        val_loss, val_metrics = _evaluate_loss(active, setup, params, val)
         if not math.isfinite(val_loss):
             raise TrainingDiverged(
                 f"non-finite validation loss at epoch {epoch + 1}; the last good checkpoint "

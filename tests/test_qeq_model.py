@@ -195,11 +195,38 @@ def test_field_response_maxwell_and_polarizability(model):
     assert np.abs(np.asarray(alpha_local)).max() < 1e-14
 
 
-def test_trains_saves_and_reloads(tmp_path):
+def test_trains_charges_first_saves_and_reloads(tmp_path):
     frames = [f for f in datasets.load("water_clusters") if f.n_atoms == 6][:10]
-    cfg = {"model": "qeq", "model_args": SMALL, "epochs": 1, "batch_size": 8, "n_buckets": 1}
-    run = train.fit(frames, cfg, tmp_path / "run", progress=False)
+    cfg = {
+        "model": "qeq",
+        "model_args": SMALL,
+        "epochs": 2,
+        "charges_first_epochs": 1,
+        "batch_size": 8,
+        "n_buckets": 1,
+    }
+    # the first (charges-only) epoch: the energy head does not move, the
+    # electronegativity head does
+    run = train.fit(frames, cfg, tmp_path / "run", progress=False, stop_after=1)
     assert np.isfinite(run["metrics"]["energy"]["mae"]) and "charges" in run["metrics"]
+    fresh = models.build("qeq", **SMALL)
+    for a, b in zip(
+        jax.tree.leaves(nnx.state(fresh.energy_head)),
+        jax.tree.leaves(nnx.state(run["model"].energy_head)),
+    ):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    moved = [
+        float(np.abs(np.asarray(a) - np.asarray(b)).max())
+        for a, b in zip(
+            jax.tree.leaves(nnx.state(fresh.chi_head)),
+            jax.tree.leaves(nnx.state(run["model"].chi_head)),
+        )
+    ]
+    assert max(moved) > 0
+    run = train.fit(frames, None, tmp_path / "run", progress=False, resume=True)
+    assert run["history"][-1]["epoch"] == 2
+    with pytest.raises(ValueError, match="charges_first_epochs"):
+        train.TrainConfig.from_dict({**cfg, "charges_first_epochs": 2})
     loaded = train.load(tmp_path / "run")
     a = train.predict_frames(run["model"], frames[:3])
     b = train.predict_frames(loaded, frames[:3])
