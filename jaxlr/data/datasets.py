@@ -207,6 +207,27 @@ SETTINGS = {
         "displacement": 0.02,
         "seed": 20261128,
     },
+    "water_wannier": {
+        "method": "PBE0/aug-cc-pVDZ",
+        "xc": "PBE0",
+        "basis": "aug-cc-pVDZ",
+        "auxbasis": "aug-cc-pVDZ-jkfit",
+        "grid_level": 3,
+        "conv_tol": 1e-10,
+        "boys_conv_tol": 1e-10,
+        "boys_conv_tol_grad": [1e-4, 1e-5],
+        "boys_init_guess": "atomic",
+        "systems": [1, 2, 3, 4, 5, 6],
+        "n_frames": [50, 50, 30, 16, 12, 8],
+        "sampler": "GFN2-xTB",
+        "relax_fmax": 0.02,
+        "relax_steps": 2000,
+        "temperature": 350.0,
+        "timestep": 0.5,
+        "interval": 20,
+        "displacement": 0.02,
+        "seed": 20261128,
+    },
 }
 NAMES = tuple(SETTINGS)
 _DIR = "datasets"
@@ -664,6 +685,40 @@ def _dimer_curves(s):
     return out
 
 
+def _water_wannier(s, limit=None):
+    """Water clusters (H2O)_n sampled with GFN2-xTB (relax, Langevin MD, noise), each
+    frame turned at random about its centre of mass, labelled with PBE0 Wannier
+    centres (:func:`jaxlr.data.qm.wannier_label`). ``limit``: only the first ``limit``
+    frames (the same bytes as the full set's first frames)."""
+    from jaxlr.data import qm, reference
+
+    qm_settings = {k: s[k] for k in qm.DEFAULTS if k in s}
+    out = []
+    for k, (n, count) in enumerate(zip(s["systems"], s["n_frames"])):
+        if limit is not None:
+            count = min(count, limit - len(out))
+            if count <= 0:
+                break
+        start = reference.relax(
+            reference.water_cluster(n), fmax=s["relax_fmax"], max_steps=s["relax_steps"]
+        )
+        frames = reference.sample(
+            start,
+            count,
+            temperature=s["temperature"],
+            timestep=s["timestep"],
+            interval=s["interval"],
+            displacement=s["displacement"],
+            seed=s["seed"] + k,
+        )
+        rng = np.random.default_rng(s["seed"] + 1000 + k)  # one rotation per frame
+        for frame in frames:
+            centre = frame.get_center_of_mass()
+            frame.positions = (frame.positions - centre) @ _random_rotation(rng).T + centre
+        out += qm.wannier_label_frames(frames, **qm_settings)
+    return out
+
+
 _GENERATORS = {
     "nacl_clusters": _nacl_clusters,
     "nacl_path": _nacl_path,
@@ -673,7 +728,10 @@ _GENERATORS = {
     "ag3_charge_states": _ag3_charge_states,
     "carbon_chains": _carbon_chains,
     "dimer_curves": _dimer_curves,
+    "water_wannier": _water_wannier,
 }
+#: generators that can produce only the first frames (``generate(..., limit=k)``)
+_LIMITED = ("water_wannier",)
 
 #: labels that :func:`jaxlr.data.from_atoms` may not know, carried from the generator's
 #: frames into the file as they are (key, place, per-frame shape with N = atoms);
@@ -682,6 +740,7 @@ _EXTRA_LABELS = (
     ("REF_born_charges", "arrays", ("N", 9)),
     ("REF_polarizability", "info", (9,)),
     ("REF_fragment_energies", "info", (2,)),
+    ("wannier_core_dipole", "info", (3,)),
 )
 #: descriptive keys carried from the generator's frames into the file (after the
 #: labels, in this order): key, place, type
@@ -732,15 +791,27 @@ def _extxyz_text(images) -> str:
     return handle.getvalue()
 
 
-def generate(name: str, out=None) -> Path:
+def generate(name: str, out=None, *, limit: int | None = None) -> Path:
     """Regenerate dataset ``name`` into folder ``out`` (default: the package's own),
     writing ``NAME.extxyz.gz`` (gzip mtime 0, so the bytes are reproducible) and its
-    manifest entry, both atomically. Returns the file's path."""
+    manifest entry, both atomically. Returns the file's path.
+
+    ``limit`` (only for ``water_wannier``): write only the first ``limit`` frames, whose
+    text is then the start of the full file's text; needs ``out`` and leaves the
+    manifest alone (a quick bit-for-bit check)."""
     _check_name(name)
+    if limit is not None:
+        if name not in _LIMITED:
+            raise ValueError(f"limit is supported for {', '.join(_LIMITED)} only, not {name!r}")
+        if out is None:
+            raise ValueError("limit needs out (a partial set never replaces the shipped one)")
+        if not (isinstance(limit, int) and limit >= 1):
+            raise ValueError(f"limit must be a positive integer, got {limit!r}")
     folder = Path(out) if out else path(name).parent
     folder.mkdir(parents=True, exist_ok=True)
     settings = SETTINGS[name]
-    images = [_record(a, name, settings) for a in _GENERATORS[name](settings)]
+    made = _GENERATORS[name](settings) if limit is None else _GENERATORS[name](settings, limit)
+    images = [_record(a, name, settings) for a in made]
     # validate through the reader's checks before writing
     frames = [from_atoms(a, source=name, index=i) for i, a in enumerate(images)]
     atoms = [
@@ -750,6 +821,8 @@ def generate(name: str, out=None) -> Path:
     text = _extxyz_text([_record(a, name, settings) for a in atoms])
     target = folder / f"{name}.extxyz.gz"
     _atomic_write(target, _gzip(text.encode()))
+    if limit is not None:
+        return target
     record = manifest(folder)
     record[name] = {
         "settings": settings,
@@ -788,6 +861,9 @@ def main(argv=None) -> int:
     gen = sub.add_parser("generate", help="regenerate datasets bit-for-bit")
     gen.add_argument("names", nargs="*", default=list(NAMES), help=f"of {', '.join(NAMES)}")
     gen.add_argument("--out", default=None, help="folder (default: the package's)")
+    gen.add_argument(
+        "--limit", type=int, default=None, help="only the first frames (water_wannier; needs --out)"
+    )
     sub.add_parser("list", help="the shipped datasets")
     args = parser.parse_args(argv)
     if args.command == "list":
@@ -797,7 +873,7 @@ def main(argv=None) -> int:
     for name in args.names:
         _check_name(name)
     for name in args.names:
-        file = generate(name, args.out)
+        file = generate(name, args.out, limit=args.limit)
         print(f"{name}: {file} ({checksum(file)[:16]})")
     return 0
 
