@@ -135,15 +135,32 @@ def test_water_wannier_file_loads_with_its_label():
     assert datasets.path("water_wannier").stat().st_size < 1_000_000
 
 
-def test_water_wannier_regenerates_bit_for_bit(tmp_path):
+def test_water_wannier_regenerates(tmp_path):
+    """The first two frames rebuilt from scratch (GFN2-xTB sampling, PBE0 labels).
+
+    On the machine that generated the set, with ``OMP_NUM_THREADS=1``, the text is
+    identical byte for byte (also checked by generating the full set twice). Another
+    CPU's BLAS kernels may round differently, so the suite compares numbers: the
+    sampled positions exactly (tblite is reproducible), labels to tolerances far
+    above SCF noise (conv_tol 1e-10 Hartree) and far below the labels' own errors."""
     pytest.importorskip("tblite")  # the geometries are sampled with GFN2-xTB
+    import ase.io
+
     file = datasets.generate("water_wannier", tmp_path, limit=2)
+    fresh = ase.io.read(file, index=":", format="extxyz")
+    shipped = ase.io.read(datasets.path("water_wannier"), index=":2", format="extxyz")
+    assert len(fresh) == 2
+    for a, b in zip(fresh, shipped):
+        np.testing.assert_array_equal(a.positions, b.positions)
+        assert a.info["REF_energy"] == pytest.approx(b.info["REF_energy"], abs=1e-6)
+        np.testing.assert_allclose(a.arrays["REF_forces"], b.arrays["REF_forces"], atol=1e-5)
+        np.testing.assert_allclose(a.info["REF_dipole"], b.info["REF_dipole"], atol=1e-7)
+        np.testing.assert_allclose(
+            a.arrays["REF_wannier_centres"], b.arrays["REF_wannier_centres"], atol=1e-7
+        )
     with gzip.open(file, "rt") as handle:
-        fresh = handle.read()
-    with gzip.open(datasets.path("water_wannier"), "rt") as handle:
-        shipped = handle.read()
-    assert fresh.count("Properties=") == 2
-    assert shipped.startswith(fresh)
+        text = handle.read()
+    assert text.count("Properties=") == 2
     with pytest.raises(ValueError, match="limit is supported"):
         datasets.generate("nacl_path", tmp_path, limit=2)
     with pytest.raises(ValueError, match="limit needs out"):
