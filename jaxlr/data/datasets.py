@@ -53,8 +53,8 @@
                          two isolated fragments at their geometry in that frame, so the
                          binding energy is ``REF_energy - sum(REF_fragment_energies)``.
                          GFN2-xTB at tblite accuracy 1e-5 (the apolar tail is ~1e-5 eV)
- ``water_wannier``       (H2O)_n, n = 1 to 6 (cyclic for n >= 3; 50, 50, 26, 14, 10, 6
-                         frames: 156), relaxed and sampled with GFN2-xTB (Langevin MD at
+ ``water_wannier``       (H2O)_n, n = 1 to 6 (cyclic for n >= 3; 60, 50, 20, 10, 6, 4
+                         frames: 150), relaxed and sampled with GFN2-xTB (Langevin MD at
                          350 K, 0.5 fs steps, a frame every 20, plus 0.02 Å noise), each
                          frame turned at random about its centre of mass; labelled with
                          pyscf PBE0/aug-cc-pVDZ (density fitting): energies, forces,
@@ -95,7 +95,7 @@ the settings, the number of frames and the SHA-256 of the uncompressed text, whi
     python -m jaxlr.data.datasets generate [NAME ...] [--out DIR]
 
 (the ``reference`` extra, tblite, for the GFN2-xTB sets; ``water_wannier`` also
-needs the ``qm`` extra, pyscf, and takes ~25 min on one core: run it with
+needs the ``qm`` extra, pyscf, and takes ~20 min on one core: run it with
 ``OMP_NUM_THREADS=1`` so that numpy's BLAS is single-threaded too, and check a
 prefix quickly with ``--limit K --out DIR``, whose text is the first K frames of the
 shipped file).
@@ -233,7 +233,7 @@ SETTINGS = {
         "boys_conv_tol_grad": 1e-3,
         "boys_init_guess": "atomic",
         "systems": [1, 2, 3, 4, 5, 6],
-        "n_frames": [50, 50, 26, 14, 10, 6],
+        "n_frames": [60, 50, 20, 10, 6, 4],
         "sampler": "GFN2-xTB",
         "relax_fmax": 0.02,
         "relax_steps": 2000,
@@ -700,24 +700,34 @@ def _dimer_curves(s):
     return out
 
 
-def _water_wannier(s, limit=None):
+def _wannier_one(args):
+    """Label one frame (a top-level function, so a process pool can call it)."""
+    from jaxlr.data import qm
+
+    atoms, where, settings = args
+    return qm.wannier_label(atoms, where=where, **settings)
+
+
+def _water_wannier(s, limit=None, jobs=1):
     """Water clusters (H2O)_n sampled with GFN2-xTB (relax, Langevin MD, noise), each
     frame turned at random about its centre of mass, labelled with PBE0 Wannier
     centres (:func:`jaxlr.data.qm.wannier_label`). ``limit``: only the first ``limit``
-    frames (the same bytes as the full set's first frames)."""
+    frames (the same bytes as the full set's first frames). ``jobs``: label in that
+    many single-threaded processes (each frame's computation, hence its bytes, is the
+    same as in one process)."""
     from jaxlr.data import qm, reference
 
     qm_settings = {k: s[k] for k in qm.DEFAULTS if k in s}
-    out = []
+    frames = []
     for k, (n, count) in enumerate(zip(s["systems"], s["n_frames"])):
         if limit is not None:
-            count = min(count, limit - len(out))
+            count = min(count, limit - len(frames))
             if count <= 0:
                 break
         start = reference.relax(
             reference.water_cluster(n), fmax=s["relax_fmax"], max_steps=s["relax_steps"]
         )
-        frames = reference.sample(
+        sampled = reference.sample(
             start,
             count,
             temperature=s["temperature"],
@@ -727,11 +737,20 @@ def _water_wannier(s, limit=None):
             seed=s["seed"] + k,
         )
         rng = np.random.default_rng(s["seed"] + 1000 + k)  # one rotation per frame
-        for frame in frames:
+        for frame in sampled:
             centre = frame.get_center_of_mass()
             frame.positions = (frame.positions - centre) @ _random_rotation(rng).T + centre
-        out += qm.wannier_label_frames(frames, **qm_settings)
-    return out
+        frames += sampled
+    tasks = [(a, f"water_wannier: frame {i}", qm_settings) for i, a in enumerate(frames)]
+    if jobs == 1:
+        return [_wannier_one(t) for t in tasks]
+    import concurrent.futures
+
+    # largest frames first keeps the pool busy; results are put back in order
+    order = sorted(range(len(tasks)), key=lambda i: -len(frames[i]))
+    with concurrent.futures.ProcessPoolExecutor(jobs) as pool:
+        done = dict(zip(order, pool.map(_wannier_one, [tasks[i] for i in order])))
+    return [done[i] for i in range(len(tasks))]
 
 
 _GENERATORS = {
@@ -806,14 +825,15 @@ def _extxyz_text(images) -> str:
     return handle.getvalue()
 
 
-def generate(name: str, out=None, *, limit: int | None = None) -> Path:
+def generate(name: str, out=None, *, limit: int | None = None, jobs: int = 1) -> Path:
     """Regenerate dataset ``name`` into folder ``out`` (default: the package's own),
     writing ``NAME.extxyz.gz`` (gzip mtime 0, so the bytes are reproducible) and its
     manifest entry, both atomically. Returns the file's path.
 
     ``limit`` (only for ``water_wannier``): write only the first ``limit`` frames, whose
     text is then the start of the full file's text; needs ``out`` and leaves the
-    manifest alone (a quick bit-for-bit check)."""
+    manifest alone (a quick bit-for-bit check). ``jobs`` (only for ``water_wannier``):
+    label in that many processes (same bytes)."""
     _check_name(name)
     if limit is not None:
         if name not in _LIMITED:
@@ -822,10 +842,15 @@ def generate(name: str, out=None, *, limit: int | None = None) -> Path:
             raise ValueError("limit needs out (a partial set never replaces the shipped one)")
         if not (isinstance(limit, int) and limit >= 1):
             raise ValueError(f"limit must be a positive integer, got {limit!r}")
+    if jobs != 1 and name not in _LIMITED:
+        raise ValueError(f"jobs is supported for {', '.join(_LIMITED)} only, not {name!r}")
     folder = Path(out) if out else path(name).parent
     folder.mkdir(parents=True, exist_ok=True)
     settings = SETTINGS[name]
-    made = _GENERATORS[name](settings) if limit is None else _GENERATORS[name](settings, limit)
+    if name in _LIMITED:
+        made = _GENERATORS[name](settings, limit, int(jobs))
+    else:
+        made = _GENERATORS[name](settings)
     images = [_record(a, name, settings) for a in made]
     # validate through the reader's checks before writing
     frames = [from_atoms(a, source=name, index=i) for i, a in enumerate(images)]
@@ -879,6 +904,7 @@ def main(argv=None) -> int:
     gen.add_argument(
         "--limit", type=int, default=None, help="only the first frames (water_wannier; needs --out)"
     )
+    gen.add_argument("--jobs", type=int, default=1, help="labelling processes (water_wannier)")
     sub.add_parser("list", help="the shipped datasets")
     args = parser.parse_args(argv)
     if args.command == "list":
@@ -888,7 +914,7 @@ def main(argv=None) -> int:
     for name in args.names:
         _check_name(name)
     for name in args.names:
-        file = generate(name, args.out, limit=args.limit)
+        file = generate(name, args.out, limit=args.limit, jobs=args.jobs)
         print(f"{name}: {file} ({checksum(file)[:16]})")
     return 0
 
