@@ -163,5 +163,7 @@ def test_water_wannier_regenerates(tmp_path):
     assert text.count("Properties=") == 2
     with pytest.raises(ValueError, match="limit is supported"):
         datasets.generate("nacl_path", tmp_path, limit=2)
+    with pytest.raises(ValueError, match="jobs is supported"):
+        datasets.generate("nacl_path", tmp_path, jobs=2)
     with pytest.raises(ValueError, match="limit needs out"):
         datasets.generate("water_wannier", limit=2)

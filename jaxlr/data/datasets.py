@@ -95,10 +95,10 @@ the settings, the number of frames and the SHA-256 of the uncompressed text, whi
     python -m jaxlr.data.datasets generate [NAME ...] [--out DIR]
 
 (the ``reference`` extra, tblite, for the GFN2-xTB sets; ``water_wannier`` also
-needs the ``qm`` extra, pyscf, and takes ~20 min on one core: run it with
-``OMP_NUM_THREADS=1`` so that numpy's BLAS is single-threaded too, and check a
-prefix quickly with ``--limit K --out DIR``, whose text is the first K frames of the
-shipped file).
+needs the ``qm`` extra, pyscf, and takes ~20 min of CPU: run it with
+``OMP_NUM_THREADS=1`` so that numpy's BLAS is single-threaded too, ``--jobs N`` to
+label in N single-threaded processes (same bytes), and check a prefix quickly with
+``--limit K --out DIR``, whose text is the first K frames of the shipped file).
 """
 
 from __future__ import annotations
