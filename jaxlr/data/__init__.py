@@ -1,6 +1,8 @@
 """Datasets: extxyz io with ``REF_`` labels, padding into size buckets, splits.
 
-``jaxlr.data.reference`` (the ``reference`` extra, tblite) generates GFN2-xTB labels.
+``jaxlr.data.reference`` (the ``reference`` extra, tblite) generates GFN2-xTB labels;
+``jaxlr.data.qm`` (the ``qm`` extra, pyscf) DFT labels with Wannier (Foster-Boys)
+centres, ``REF_wannier_centres``.
 """
 
 from jaxlr.data._batch import (

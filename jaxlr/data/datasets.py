@@ -53,14 +53,25 @@
                          two isolated fragments at their geometry in that frame, so the
                          binding energy is ``REF_energy - sum(REF_fragment_energies)``.
                          GFN2-xTB at tblite accuracy 1e-5 (the apolar tail is ~1e-5 eV)
+ ``water_wannier``       (H2O)_n, n = 1 to 6 (cyclic for n >= 3; 60, 50, 20, 10, 6, 4
+                         frames: 150), relaxed and sampled with GFN2-xTB (Langevin MD at
+                         350 K, 0.5 fs steps, a frame every 20, plus 0.02 Å noise), each
+                         frame turned at random about its centre of mass; labelled with
+                         pyscf PBE0/aug-cc-pVDZ (density fitting): energies, forces,
+                         dipoles and ``REF_wannier_centres`` (N, 3), Å: per O the mean of
+                         its 4 valence Foster-Boys orbital centroids (ion charges O +6,
+                         H +1, centre -8), per H its own position; ``info
+                         ["wannier_core_dipole"]`` (3,), e·Å, the O 1s term the DPLR
+                         dipole misses (see :mod:`jaxlr.data.qm`; the ``qm`` extra)
 ======================= ======================================================================
 
 Born charges are stored row-major, ``arrays["REF_born_charges"][i] = Z[i].reshape(9)``
 with ``Z[i, a, b] = d mu_a / d R_ib``; the polarizability row-major,
 ``alpha[a, b] = d mu_a / d E_b`` (see :mod:`jaxlr.data.reference`). A reader that does
 not know these keys (:func:`jaxlr.data.from_atoms`, hence :func:`load`) ignores them,
-and the descriptive keys (``geometry``, ``dimer``, ``monomer``, ``separation``,
-``copy``, ``fragment``) too; read them with ``ase.io.read(path(NAME), index=":")``.
+and ``wannier_core_dipole``, and the descriptive keys (``geometry``, ``dimer``,
+``monomer``, ``separation``, ``copy``, ``fragment``) too; read them with
+``ase.io.read(path(NAME), index=":")``.
 
 SCC notes. Ag3- near the equilateral geometry has a (nearly) degenerate, half-filled
 HOMO pair. With tblite's default Fermi smearing (300 K) the SCC of 7 of the 100
@@ -83,7 +94,11 @@ the settings, the number of frames and the SHA-256 of the uncompressed text, whi
 
     python -m jaxlr.data.datasets generate [NAME ...] [--out DIR]
 
-(the ``reference`` extra, tblite, for the GFN2-xTB sets).
+(the ``reference`` extra, tblite, for the GFN2-xTB sets; ``water_wannier`` also
+needs the ``qm`` extra, pyscf, and takes ~20 min of CPU: run it with
+``OMP_NUM_THREADS=1`` so that numpy's BLAS is single-threaded too, ``--jobs N`` to
+label in N single-threaded processes (same bytes), and check a prefix quickly with
+``--limit K --out DIR``, whose text is the first K frames of the shipped file).
 """
 
 from __future__ import annotations
@@ -204,6 +219,27 @@ SETTINGS = {
         "n_separations": 28,
         "copies": 6,
         "min_contact": [0.9, 2.5],
+        "displacement": 0.02,
+        "seed": 20261128,
+    },
+    "water_wannier": {
+        "method": "PBE0/aug-cc-pVDZ",
+        "xc": "PBE0",
+        "basis": "aug-cc-pVDZ",
+        "auxbasis": "aug-cc-pVDZ-jkfit",
+        "grid_level": 3,
+        "conv_tol": 1e-10,
+        "boys_conv_tol": 1e-10,
+        "boys_conv_tol_grad": 1e-3,
+        "boys_init_guess": "atomic",
+        "systems": [1, 2, 3, 4, 5, 6],
+        "n_frames": [60, 50, 20, 10, 6, 4],
+        "sampler": "GFN2-xTB",
+        "relax_fmax": 0.02,
+        "relax_steps": 2000,
+        "temperature": 350.0,
+        "timestep": 0.5,
+        "interval": 20,
         "displacement": 0.02,
         "seed": 20261128,
     },
@@ -664,6 +700,59 @@ def _dimer_curves(s):
     return out
 
 
+def _wannier_one(args):
+    """Label one frame (a top-level function, so a process pool can call it)."""
+    from jaxlr.data import qm
+
+    atoms, where, settings = args
+    return qm.wannier_label(atoms, where=where, **settings)
+
+
+def _water_wannier(s, limit=None, jobs=1):
+    """Water clusters (H2O)_n sampled with GFN2-xTB (relax, Langevin MD, noise), each
+    frame turned at random about its centre of mass, labelled with PBE0 Wannier
+    centres (:func:`jaxlr.data.qm.wannier_label`). ``limit``: only the first ``limit``
+    frames (the same bytes as the full set's first frames). ``jobs``: label in that
+    many single-threaded processes (each frame's computation, hence its bytes, is the
+    same as in one process)."""
+    from jaxlr.data import qm, reference
+
+    qm_settings = {k: s[k] for k in qm.DEFAULTS if k in s}
+    frames = []
+    for k, (n, count) in enumerate(zip(s["systems"], s["n_frames"])):
+        if limit is not None:
+            count = min(count, limit - len(frames))
+            if count <= 0:
+                break
+        start = reference.relax(
+            reference.water_cluster(n), fmax=s["relax_fmax"], max_steps=s["relax_steps"]
+        )
+        sampled = reference.sample(
+            start,
+            count,
+            temperature=s["temperature"],
+            timestep=s["timestep"],
+            interval=s["interval"],
+            displacement=s["displacement"],
+            seed=s["seed"] + k,
+        )
+        rng = np.random.default_rng(s["seed"] + 1000 + k)  # one rotation per frame
+        for frame in sampled:
+            centre = frame.get_center_of_mass()
+            frame.positions = (frame.positions - centre) @ _random_rotation(rng).T + centre
+        frames += sampled
+    tasks = [(a, f"water_wannier: frame {i}", qm_settings) for i, a in enumerate(frames)]
+    if jobs == 1:
+        return [_wannier_one(t) for t in tasks]
+    import concurrent.futures
+
+    # largest frames first keeps the pool busy; results are put back in order
+    order = sorted(range(len(tasks)), key=lambda i: -len(frames[i]))
+    with concurrent.futures.ProcessPoolExecutor(jobs) as pool:
+        done = dict(zip(order, pool.map(_wannier_one, [tasks[i] for i in order])))
+    return [done[i] for i in range(len(tasks))]
+
+
 _GENERATORS = {
     "nacl_clusters": _nacl_clusters,
     "nacl_path": _nacl_path,
@@ -673,7 +762,10 @@ _GENERATORS = {
     "ag3_charge_states": _ag3_charge_states,
     "carbon_chains": _carbon_chains,
     "dimer_curves": _dimer_curves,
+    "water_wannier": _water_wannier,
 }
+#: generators that can produce only the first frames (``generate(..., limit=k)``)
+_LIMITED = ("water_wannier",)
 
 #: labels that :func:`jaxlr.data.from_atoms` may not know, carried from the generator's
 #: frames into the file as they are (key, place, per-frame shape with N = atoms);
@@ -682,6 +774,7 @@ _EXTRA_LABELS = (
     ("REF_born_charges", "arrays", ("N", 9)),
     ("REF_polarizability", "info", (9,)),
     ("REF_fragment_energies", "info", (2,)),
+    ("wannier_core_dipole", "info", (3,)),
 )
 #: descriptive keys carried from the generator's frames into the file (after the
 #: labels, in this order): key, place, type
@@ -732,15 +825,33 @@ def _extxyz_text(images) -> str:
     return handle.getvalue()
 
 
-def generate(name: str, out=None) -> Path:
+def generate(name: str, out=None, *, limit: int | None = None, jobs: int = 1) -> Path:
     """Regenerate dataset ``name`` into folder ``out`` (default: the package's own),
     writing ``NAME.extxyz.gz`` (gzip mtime 0, so the bytes are reproducible) and its
-    manifest entry, both atomically. Returns the file's path."""
+    manifest entry, both atomically. Returns the file's path.
+
+    ``limit`` (only for ``water_wannier``): write only the first ``limit`` frames, whose
+    text is then the start of the full file's text; needs ``out`` and leaves the
+    manifest alone (a quick bit-for-bit check). ``jobs`` (only for ``water_wannier``):
+    label in that many processes (same bytes)."""
     _check_name(name)
+    if limit is not None:
+        if name not in _LIMITED:
+            raise ValueError(f"limit is supported for {', '.join(_LIMITED)} only, not {name!r}")
+        if out is None:
+            raise ValueError("limit needs out (a partial set never replaces the shipped one)")
+        if not (isinstance(limit, int) and limit >= 1):
+            raise ValueError(f"limit must be a positive integer, got {limit!r}")
+    if jobs != 1 and name not in _LIMITED:
+        raise ValueError(f"jobs is supported for {', '.join(_LIMITED)} only, not {name!r}")
     folder = Path(out) if out else path(name).parent
     folder.mkdir(parents=True, exist_ok=True)
     settings = SETTINGS[name]
-    images = [_record(a, name, settings) for a in _GENERATORS[name](settings)]
+    if name in _LIMITED:
+        made = _GENERATORS[name](settings, limit, int(jobs))
+    else:
+        made = _GENERATORS[name](settings)
+    images = [_record(a, name, settings) for a in made]
     # validate through the reader's checks before writing
     frames = [from_atoms(a, source=name, index=i) for i, a in enumerate(images)]
     atoms = [
@@ -750,6 +861,8 @@ def generate(name: str, out=None) -> Path:
     text = _extxyz_text([_record(a, name, settings) for a in atoms])
     target = folder / f"{name}.extxyz.gz"
     _atomic_write(target, _gzip(text.encode()))
+    if limit is not None:
+        return target
     record = manifest(folder)
     record[name] = {
         "settings": settings,
@@ -788,6 +901,10 @@ def main(argv=None) -> int:
     gen = sub.add_parser("generate", help="regenerate datasets bit-for-bit")
     gen.add_argument("names", nargs="*", default=list(NAMES), help=f"of {', '.join(NAMES)}")
     gen.add_argument("--out", default=None, help="folder (default: the package's)")
+    gen.add_argument(
+        "--limit", type=int, default=None, help="only the first frames (water_wannier; needs --out)"
+    )
+    gen.add_argument("--jobs", type=int, default=1, help="labelling processes (water_wannier)")
     sub.add_parser("list", help="the shipped datasets")
     args = parser.parse_args(argv)
     if args.command == "list":
@@ -797,7 +914,7 @@ def main(argv=None) -> int:
     for name in args.names:
         _check_name(name)
     for name in args.names:
-        file = generate(name, args.out)
+        file = generate(name, args.out, limit=args.limit, jobs=args.jobs)
         print(f"{name}: {file} ({checksum(file)[:16]})")
     return 0
 
