@@ -4,6 +4,7 @@ folder."""
 
 from __future__ import annotations
 
+import inspect
 import math
 import os
 import time
@@ -14,6 +15,7 @@ import numpy as np
 from jaxlr import train
 from jaxlr.data import datasets
 from jaxlr.data import read as read_frames
+from jaxlr.models import ShortRange
 
 __all__ = ["load_data", "run_fit", "run_evaluate", "table", "path_check"]
 
@@ -194,7 +196,18 @@ def run_fit(
     results = {cfg.model: main}
     names = {cfg.model: main["model"].name}
     if baseline and cfg.model != "short_range":
-        base_cfg = train.TrainConfig.from_dict({**cfg.to_dict(), "model": "short_range"})
+        # the baseline shares the backbone's hyper-parameters, not the family's own
+        shared = set(inspect.signature(ShortRange.__init__).parameters) - {"self", "backbone"}
+        shared.discard("atomic_dipoles")
+        base_args = {k: v for k, v in cfg.model_args.items() if k in shared}
+        base_cfg = train.TrainConfig.from_dict(
+            {
+                **cfg.to_dict(),
+                "model": "short_range",
+                "model_args": base_args,
+                "charges_first_epochs": 0,
+            }
+        )
         base_resume = resume and (out / "baseline" / "config.json").exists()
         # a ShortRange model has no dipole to couple to a field: its baseline trains and
         # is compared on the field-free frames only (stated in the report)

@@ -135,6 +135,18 @@ def fit_command(args) -> int:
             if not sep:
                 raise SystemExit(f"jaxlr fit: --weight {item!r} must be NAME=NUMBER")
         config["weights"] = weights
+    if args.model_arg:
+        config = dict(config or {})
+        model_args = dict(config.get("model_args") or {})
+        for item in args.model_arg:
+            name, sep, value = item.partition("=")
+            if not sep or not name.strip():
+                raise SystemExit(f"jaxlr fit: --model-arg {item!r} must be NAME=VALUE")
+            try:
+                model_args[name.strip()] = json.loads(value)
+            except json.JSONDecodeError:
+                model_args[name.strip()] = value  # a bare string
+        config["model_args"] = model_args
     try:
         summary = _fitjob.run_fit(
             data=args.data,
@@ -263,6 +275,14 @@ def build_parser():
         metavar="NAME=VALUE",
         help="loss weight (repeatable): energy, forces, stress, charges, dipole, "
         "polarization, born_charges, wannier_centres; e.g. --weight born_charges=100",
+    )
+    f.add_argument(
+        "--model-arg",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="model hyper-parameter (repeatable, VALUE as JSON); e.g. --model-arg sigma=0 "
+        "(point charges) --model-arg features=64",
     )
     f.add_argument("--epochs", type=int, default=None, help="maximum epochs (default 60)")
     f.add_argument("--out", default=None, help="run folder (default runs/fit-DATE-TIME)")

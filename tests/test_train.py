@@ -333,11 +333,20 @@ def test_jaxlr_fit_and_evaluate_end_to_end(tmp_path, capsys):
                 str(run),
                 "--config",
                 str(cfg),
+                "--model",
+                "latent_dipoles",
+                "--model-arg",
+                "sigma=0.8",
                 "--quiet",
             ]
         )
         == 0
     )
+    saved = json.loads((run / "config.json").read_text())
+    assert saved["model"]["hyper"]["sigma"] == 0.8 and saved["model"]["hyper"]["atomic_dipoles"]
+    # the baseline shares the backbone's hyper-parameters, not the dipole head
+    base = json.loads((run / "baseline" / "config.json").read_text())
+    assert base["model"]["hyper"]["sigma"] == 0.8 and "atomic_dipoles" not in base["model"]["hyper"]
     for name in (
         "config.json",
         "metrics.json",
@@ -352,7 +361,7 @@ def test_jaxlr_fit_and_evaluate_end_to_end(tmp_path, capsys):
     assert (run / "checkpoints" / "best").is_dir()
     assert (run / "baseline" / "metrics.json").exists()
     report = (run / "report.txt").read_text()
-    assert "LatentCharges" in report and "ShortRange" in report
+    assert "LatentDipoles" in report and "ShortRange" in report
     frames = datasets.load("nacl_path")
     file = tmp_path / "path.extxyz"
     data.write(file, frames)
