@@ -1,6 +1,6 @@
 """jaxlr: long-range electrostatics for atomistic machine learning in JAX."""
 
-from jaxlr import cell, kernels, lode, neighbors, qeq, response, units
+from jaxlr import cell, induction, kernels, lode, neighbors, qeq, response, units
 from jaxlr._api import (
     PreparedEnergy,
     electrostatic_energy,
@@ -19,6 +19,7 @@ __all__ = [
     "electrostatic_energy",
     "electrostatic_potential",
     "energy_forces_stress",
+    "induction",
     "kernels",
     "lode",
     "neighbors",
