@@ -92,7 +92,9 @@ def _radial(r2, apart, alpha_i, alpha_j, thole):
     """``(lambda3 / r^3, lambda5 / r^5)`` for pairs at squared distance r2, with the
     r -> 0 limits ``(a / sqrt(alpha_i alpha_j), 0)`` of a damped pair (0 for an
     undamped or masked one); finite derivatives to second order."""
-    r = jnp.sqrt(jnp.where(apart, r2, 1.0))
+    at_zero = r2 == 0
+    r2 = jnp.where(apart, r2, 1.0)  # never 1/0, even in a branch where() drops
+    r = jnp.sqrt(r2)
     lam3, lam5 = thole_factors(r, alpha_i, alpha_j, thole)
     inv3 = jnp.where(apart, lam3 / (r * r2), 0.0)
     inv5 = jnp.where(apart, lam5 / (r * r2 * r2), 0.0)
@@ -104,7 +106,7 @@ def _radial(r2, apart, alpha_i, alpha_j, thole):
     lim3 = thole / width * (1.0 - 0.5 * thole * r * r2 / width)
     inv3 = jnp.where(small, lim3, inv3)
     inv5 = jnp.where(small, 0.5 * thole**2 * r / width**2, inv5)
-    coincident = ~apart & damped & (r2 == 0)
+    coincident = ~apart & damped & at_zero
     return jnp.where(coincident, thole / width, inv3), inv5
 
 
@@ -211,8 +213,8 @@ def charge_field(positions, charges, polarizability=None, thole=None, sigma=None
         r2 = jnp.sum(d * d, axis=-1)
         apart = off & (r2 > 0)
         if alpha is None or thole is None:
-            r = jnp.sqrt(jnp.where(apart, r2, 1.0))
-            h = jnp.where(apart, 1.0 / (r * r2), 0.0)
+            r2s = jnp.where(apart, r2, 1.0)
+            h = jnp.where(apart, 1.0 / (jnp.sqrt(r2s) * r2s), 0.0)
             damped = False
         else:
             h, _ = _radial(r2, apart, alpha[idx][:, None], alpha[None, :], thole)
