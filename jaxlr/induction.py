@@ -30,6 +30,7 @@ fixed dipoles (Hellmann-Feynman).
 
 from __future__ import annotations
 
+import functools
 from typing import NamedTuple
 
 import jax
@@ -326,6 +327,23 @@ def _raise_if_bad(result, solver, positions, polarizability, cell, method):
     )
 
 
+@functools.lru_cache(maxsize=32)
+def _cached_runner(n, thole, damp_field, sigma):
+    sig = None if sigma is None else np.asarray(sigma)
+    solver = InductionSolver(n, thole, damp_field, sig)
+    return jax.jit(solver.solve, static_argnames=("method", "tol", "max_iter"))
+
+
+def _runner(solver):
+    """A jitted ``solver.solve``, shared by molecule solvers with the same settings
+    (repeated calls of :func:`solve` with new positions do not recompile)."""
+    sig = solver.sigma
+    if isinstance(sig, jax.core.Tracer):
+        return jax.jit(solver.solve, static_argnames=("method", "tol", "max_iter"))
+    key = None if sig is None else tuple(np.asarray(sig, np.float64).tolist())
+    return _cached_runner(solver.n_atoms, solver.thole, solver.damp_field, key)
+
+
 def _solve(
     positions,
     polarizability,
@@ -345,8 +363,7 @@ def _solve(
     solver = prepare(positions, cell, thole=thole, damp_field=damp_field, sigma=sigma, pbc=pbc)
     pos = jnp.asarray(positions)
     dtype = pos.dtype
-    run = jax.jit(solver.solve, static_argnames=("method", "tol", "max_iter"))
-    result = run(
+    result = _runner(solver)(
         pos,
         jnp.asarray(polarizability, dtype),
         None if charges is None else jnp.asarray(charges, dtype),
