@@ -4,6 +4,7 @@ from jaxlr import cell, induction, kernels, lode, neighbors, qeq, response, unit
 from jaxlr._api import (
     PreparedEnergy,
     electrostatic_energy,
+    electrostatic_field,
     electrostatic_potential,
     energy_forces_stress,
     prepare_energy,
@@ -18,6 +19,7 @@ __all__ = [
     "cell",
     "electrostatic_energy",
     "electrostatic_potential",
+    "electrostatic_field",
     "energy_forces_stress",
     "induction",
     "kernels",

@@ -10,9 +10,15 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxlr.cell import validate_cell, validate_positions
-from jaxlr.kernels.coulomb import coulomb_potential
-from jaxlr.kernels.ewald import EwaldConfig, ewald_energy, ewald_potential
-from jaxlr.kernels.pme import PMEConfig, pme_energy, pme_potential
+from jaxlr.kernels.coulomb import coulomb_energy, coulomb_field, coulomb_potential
+from jaxlr.kernels.ewald import (
+    EwaldConfig,
+    ewald_energy,
+    ewald_field,
+    ewald_potential,
+    field_from_energy,
+)
+from jaxlr.kernels.pme import PMEConfig, pme_energy, pme_field, pme_potential
 from jaxlr.kernels.slab import slab_cell, slab_correction, slab_length, slab_thickness
 from jaxlr.kernels.tuning import (
     ewald_cost,
@@ -28,6 +34,7 @@ from jaxlr.units import COULOMB
 __all__ = [
     "electrostatic_energy",
     "electrostatic_potential",
+    "electrostatic_field",
     "prepare_energy",
     "PreparedEnergy",
     "energy_forces_stress",
@@ -49,9 +56,32 @@ SORT_MIN_ATOMS = 16384
 AUTO_PME_MIN_ATOMS = 500
 
 
-def _validate(positions, charges, cell, pbc, method, accuracy, sigma):
+def _validate_dipoles(dipoles, n):
+    """Host check of (N, 3) dipoles; returns a float64 numpy array or None."""
+    if dipoles is None:
+        return None
+    mu = np.asarray(dipoles)
+    if mu.shape != (n, 3):
+        raise ValueError(f"dipoles must have shape ({n}, 3) to match positions, got {mu.shape}")
+    if not np.issubdtype(mu.dtype, np.number) or not np.all(np.isfinite(mu)):
+        raise ValueError("dipoles has non-finite values")
+    return mu.astype(np.float64)
+
+
+def _charges_or_zeros(charges, dipoles, n):
+    if charges is None:
+        if dipoles is None:
+            raise ValueError(
+                "charges is None: pass charges, or dipoles for a purely dipolar system"
+            )
+        return np.zeros(n)
+    return charges
+
+
+def _validate(positions, charges, cell, pbc, method, accuracy, sigma, dipoles=None):
     pos = validate_positions(positions)
-    q = np.asarray(charges)
+    _validate_dipoles(dipoles, len(pos))
+    q = np.asarray(_charges_or_zeros(charges, dipoles, len(pos)))
     if q.shape != (len(pos),):
         raise ValueError(f"charges must have shape ({len(pos)},) to match positions, got {q.shape}")
     if not np.all(np.isfinite(q)):
@@ -95,10 +125,15 @@ def _validate(positions, charges, cell, pbc, method, accuracy, sigma):
 class PreparedEnergy:
     """A pure energy function prepared on the host by :func:`prepare_energy`.
 
-    ``fn(positions, charges, cell=None) -> E`` (eV) is pure: jit, grad and vmap take
-    it, it does no host work, and it rebuilds its pairs inside jit within the
-    capacities sized at preparation. Compilation depends only on shapes and the
-    frozen config, never on the values of positions, charges or cell.
+    ``fn(positions, charges, cell=None, dipoles=None) -> E`` (eV) is pure: jit, grad
+    and vmap take it, it does no host work, and it rebuilds its pairs inside jit
+    within the capacities sized at preparation. Compilation depends only on shapes
+    and the frozen config, never on the values of positions, charges, dipoles or
+    cell. ``dipoles`` ((N, 3) e·Å) adds point or Gaussian atomic dipoles (tin-foil
+    boundary for periodic cells); the accuracy covers them when the function was
+    prepared with example dipoles. :meth:`field` and :meth:`field_operator` give
+    the field at the atoms (V/Å), ``-dE/dmu_i`` without the Gaussian dipole self
+    energy.
 
     Overflow (more atoms per bin or pairs than the capacity, or a cell shrunk below
     the bin grid) is never truncated: ``fn`` raises a runtime error (the energy is
@@ -129,6 +164,7 @@ class PreparedEnergy:
         # called on concrete arrays, evaluate compiled: op-by-op dispatch of the
         # kernels costs seconds; inside an outer jit this inner jit just inlines
         self._compiled = jax.jit(self._evaluate, static_argnames=("potential",))
+        self._compiled_field = jax.jit(self._field)
 
     def __repr__(self):
         return (
@@ -139,36 +175,74 @@ class PreparedEnergy:
     def _sigma(self, dtype):
         return None if self.sigma is None else jnp.asarray(self.sigma, dtype)
 
-    def energy_and_overflow(self, positions, charges, cell=None):
+    def energy_and_overflow(self, positions, charges, cell=None, dipoles=None):
         """``(E, overflow)``: the energy and the capacity-overflow flag (bool scalar)."""
-        return self._compiled(positions, charges, cell, potential=False)
+        return self._compiled(positions, charges, cell, potential=False, dipoles=dipoles)
 
-    def potential_and_overflow(self, positions, charges, cell=None):
+    def potential_and_overflow(self, positions, charges, cell=None, dipoles=None):
         """``(phi, overflow)``: (N,) potential in V and the overflow flag."""
-        return self._compiled(positions, charges, cell, potential=True)
+        return self._compiled(positions, charges, cell, potential=True, dipoles=dipoles)
 
-    def _evaluate(self, positions, charges, cell, potential, sigma=None):
+    def field_and_overflow(self, positions, charges, cell=None, dipoles=None):
+        """``(field, overflow)``: (N, 3) field in V/Å and the overflow flag."""
+        return self._compiled_field(positions, charges, cell, dipoles)
+
+    def _field(self, positions, charges, cell, dipoles):
+        fn, overflow = self.field_operator(positions, cell)
+        return fn(charges, dipoles), overflow
+
+    def _evaluate(self, positions, charges, cell, potential, sigma=None, dipoles=None):
         """Energy or potential, and the overflow flag; ``sigma`` (traced widths, for
         derivatives with respect to them) replaces the prepared widths."""
-        phi, overflow, positions = self._operator(positions, cell, sigma, potential)
-        return phi(jnp.asarray(charges).astype(positions.dtype)), overflow
+        kind = "potential" if potential else "energy"
+        fn, overflow, positions = self._operator(positions, cell, sigma, kind)
+        mu = None if dipoles is None else jnp.asarray(dipoles).astype(positions.dtype)
+        q = _charges_or_zeros(charges, dipoles, positions.shape[0])
+        return fn(jnp.asarray(q).astype(positions.dtype), mu), overflow
+
+    def field_operator(self, positions, cell=None, sigma=None):
+        """``(field_fn, overflow)``: ``field_fn(charges, dipoles)`` the (N, 3) field in
+        V/Å at each atom (``-dE/dmu_i`` without the Gaussian dipole self energy)
+        for these positions, linear in (charges, dipoles), with the pairs (and the
+        spatial order) built once: for solvers that apply it many times (induced
+        dipoles by conjugate gradients). ``charges`` or ``dipoles`` may be None
+        (zeros). ``sigma`` replaces the prepared widths."""
+        fn, overflow, positions = self._operator(positions, cell, sigma, "field")
+        n, dtype = positions.shape[0], positions.dtype
+
+        def field_fn(charges, dipoles):
+            q = jnp.zeros(n, dtype) if charges is None else jnp.asarray(charges).astype(dtype)
+            mu = jnp.zeros((n, 3), dtype) if dipoles is None else jnp.asarray(dipoles).astype(dtype)
+            return fn(q, mu)
+
+        return field_fn, overflow
 
     def potential_operator(self, positions, cell=None, sigma=None):
         """``(phi, overflow)``: ``phi(q)`` the (N,) potential of charges q for these
         positions, linear in q, with the pairs (and the spatial order) built once:
         for solvers that apply it many times (charge equilibration). ``sigma``
         replaces the prepared widths."""
-        phi, overflow, _ = self._operator(positions, cell, sigma, True)
-        return phi, overflow
+        fn, overflow, _ = self._operator(positions, cell, sigma, "potential")
+        return (lambda q: fn(q, None)), overflow
 
-    def _operator(self, positions, cell, sigma, potential):
+    def _operator(self, positions, cell, sigma, kind):
+        """``(fn, overflow, positions)``, ``fn(q, mu)`` the energy, potential or field
+        (``kind``) of charges q and dipoles mu (None: none)."""
         positions = jnp.asarray(positions)
         dtype = positions.dtype
         sigma = self._sigma(dtype) if sigma is None else jnp.asarray(sigma, dtype)
+        potential = kind == "potential"
         if self.method == "direct":
 
-            def direct(q):
-                phi = coulomb_potential(positions, q, sigma=sigma, prefactor=self.prefactor)
+            def direct(q, mu):
+                kw = dict(sigma=sigma, prefactor=self.prefactor)
+                if kind == "field":
+                    return coulomb_field(positions, q, mu, **kw)
+                if mu is not None:
+                    if potential:
+                        return coulomb_potential(positions, q, dipoles=mu, **kw)
+                    return coulomb_energy(positions, q, dipoles=mu, **kw)
+                phi = coulomb_potential(positions, q, **kw)
                 return phi if potential else 0.5 * jnp.sum(q * phi)
 
             return direct, jnp.asarray(False), positions
@@ -186,53 +260,65 @@ class PreparedEnergy:
                 sigma = sigma[perm]
         pairs, overflow = self.neighbors.build(positions, cell)
 
-        def periodic(q):
+        def periodic(q, mu):
             q = q.astype(dtype)
             if perm is not None:
                 q = q[perm]
+                mu = None if mu is None else mu[perm]
+            kw = dict(config=self.config, sigma=sigma, prefactor=self.prefactor)
             if self.slab_length is not None:
-                out = self._evaluate_slab(positions, q, cell, pairs, sigma, potential)
+                out = self._evaluate_slab(positions, q, mu, cell, pairs, sigma, kind)
+            elif kind == "field":
+                kernel = pme_field if self.method == "pme" else ewald_field
+                out = kernel(positions, q, mu, cell, pairs, **kw)
             else:
                 if self.method == "pme":
                     kernel = pme_potential if potential else pme_energy
                 else:
                     kernel = ewald_potential if potential else ewald_energy
-                out = kernel(
-                    positions,
-                    q,
-                    cell,
-                    pairs,
-                    config=self.config,
-                    sigma=sigma,
-                    prefactor=self.prefactor,
-                )
-            if potential and perm is not None:
+                if mu is not None:
+                    kw["dipoles"] = mu
+                out = kernel(positions, q, cell, pairs, **kw)
+            if kind != "energy" and perm is not None:
                 out = jnp.zeros_like(out).at[perm].set(out, unique_indices=True)
             return out
 
         return periodic, overflow, positions
 
-    def _evaluate_slab(self, positions, charges, cell, pairs, sigma, potential):
+    def _evaluate_slab(self, positions, charges, dipoles, cell, pairs, sigma, kind):
         length = self.slab_length
         periodic = slab_cell(cell, length)
 
-        def total(q):
+        def total(q, mu):
             kernel = pme_energy if self.method == "pme" else ewald_energy
-            e = kernel(
-                positions, q, periodic, pairs, config=self.config, sigma=sigma, prefactor=1.0
+            kw = dict(config=self.config, sigma=sigma, prefactor=1.0)
+            if mu is not None:
+                kw["dipoles"] = mu
+            e = kernel(positions, q, periodic, pairs, **kw)
+            return e + slab_correction(positions, q, cell, length, sigma, mu)
+
+        if kind == "field":
+            return field_from_energy(
+                lambda mu: total(charges, mu), dipoles, sigma, charges, self.prefactor
             )
-            return e + slab_correction(positions, q, cell, length, sigma)
+        if kind == "potential":
+            return self.prefactor * jax.grad(total)(charges, dipoles)
+        return self.prefactor * total(charges, dipoles)
 
-        out = jax.grad(total)(charges) if potential else total(charges)
-        return self.prefactor * out
-
-    def potential(self, positions, charges, cell=None):
-        """(N,) potential phi_i in V (``E = 1/2 sum q_i phi_i``); raises on overflow."""
-        phi, overflow = self.potential_and_overflow(positions, charges, cell)
+    def potential(self, positions, charges, cell=None, dipoles=None):
+        """(N,) potential phi_i in V (``E = 1/2 sum q_i phi_i`` without dipoles;
+        ``phi_i = dE/dq_i`` always); raises on overflow."""
+        phi, overflow = self.potential_and_overflow(positions, charges, cell, dipoles)
         return _checked(phi, overflow)
 
-    def __call__(self, positions, charges, cell=None):
-        e, overflow = self.energy_and_overflow(positions, charges, cell)
+    def field(self, positions, charges, cell=None, dipoles=None):
+        """(N, 3) field in V/Å at each atom from all other charges and dipoles
+        (``-dE/dmu_i`` without the Gaussian dipole self energy); raises on overflow."""
+        f, overflow = self.field_and_overflow(positions, charges, cell, dipoles)
+        return _checked(f, overflow)
+
+    def __call__(self, positions, charges, cell=None, dipoles=None):
+        e, overflow = self.energy_and_overflow(positions, charges, cell, dipoles)
         return _checked(e, overflow)
 
 
@@ -275,6 +361,7 @@ def prepare_energy(
     sigma=None,
     capacity_multiplier=1.25,
     config: EwaldConfig | PMEConfig | None = None,
+    dipoles=None,
 ):
     r"""Prepare, on the host, a pure energy function for structures like this one.
 
@@ -300,9 +387,12 @@ def prepare_energy(
       capacity_multiplier: head room on the pair and bin capacities.
       config: explicit :class:`~jaxlr.kernels.EwaldConfig` or
         :class:`~jaxlr.kernels.PMEConfig` instead of tuning (it sets the method).
+      dipoles: optional (N, 3) example atomic dipoles in e·Å: the tuner then sizes
+        the parameters for the dipolar energy (``charges`` may be None).
 
     Returns:
-      :class:`PreparedEnergy`, ``fn(positions, charges, cell) -> E`` in eV.
+      :class:`PreparedEnergy`, ``fn(positions, charges, cell, dipoles=None) -> E``
+      in eV.
 
     Raises:
       ValueError: bad shapes, non-finite values, singular cell, bad sigma or
@@ -318,7 +408,10 @@ def prepare_energy(
       >>> round(-float(e) * 2 * 3**0.5, 6)  # Madelung constant of CsCl (d = 2 sqrt(3))
       1.762675
     """
-    pos, q, cell_np, pbc, method = _validate(positions, charges, cell, pbc, method, accuracy, sigma)
+    pos, q, cell_np, pbc, method = _validate(
+        positions, charges, cell, pbc, method, accuracy, sigma, dipoles
+    )
+    mu = _validate_dipoles(dipoles, len(pos))
     sig = None if sigma is None else np.asarray(sigma, np.float64)
     if method == "direct":
         return PreparedEnergy("direct", None, None, pbc, sig, prefactor, 0.0)
@@ -327,7 +420,7 @@ def prepare_energy(
     for _ in range(3):
         # a slab is summed in a periodic cell whose gap must exceed the real cutoff
         periodic_cell = cell_np if not slab else _host_slab_cell(cell_np, length)
-        cfg, method_used = _configure(pos, q, periodic_cell, method, accuracy, sig, config)
+        cfg, method_used = _configure(pos, q, periodic_cell, method, accuracy, sig, config, mu)
         if not slab or cfg.r_cut <= length - slab_thickness(pos, cell_np, sig):
             break
         length = slab_length(pos, cell_np, accuracy, sig, cfg.r_cut)
@@ -351,24 +444,35 @@ def _host_slab_cell(cell, length):
     return np.stack([cell[0], cell[1], length * n / np.linalg.norm(n)])
 
 
-def _configure(pos, q, cell_np, method, accuracy, sig, config):
+def _configure(pos, q, cell_np, method, accuracy, sig, config, mu=None):
     """Tuned (or checked) config and the method it belongs to."""
     if config is not None:
         method = "pme" if isinstance(config, PMEConfig) else "ewald"
         if config.estimated_error is None:
             estimate = pme_error_estimate if method == "pme" else ewald_error_estimate
-            config = dataclasses.replace(config, estimated_error=estimate(q, cell_np, config, sig))
+            config = dataclasses.replace(
+                config, estimated_error=estimate(q, cell_np, config, sig, mu)
+            )
         return config, method
+    kw = dict(accuracy=accuracy, sigma=sig, dipoles=mu)
     if method == "ewald":
-        return tune_ewald(pos, q, cell_np, accuracy=accuracy, sigma=sig), "ewald"
+        return tune_ewald(pos, q, cell_np, **kw), "ewald"
     if method == "pme":
-        return tune_pme(pos, q, cell_np, accuracy=accuracy, sigma=sig), "pme"
-    config = tune_ewald(pos, q, cell_np, accuracy=accuracy, sigma=sig)
+        return tune_pme(pos, q, cell_np, **kw), "pme"
+    config = tune_ewald(pos, q, cell_np, **kw)
     if len(pos) >= AUTO_PME_MIN_ATOMS:
-        pme_cfg = tune_pme(pos, q, cell_np, accuracy=accuracy, sigma=sig)
+        pme_cfg = tune_pme(pos, q, cell_np, **kw)
         if pme_cost(len(pos), cell_np, pme_cfg) < ewald_cost(len(pos), cell_np, config):
             return pme_cfg, "pme"
     return config, "ewald"
+
+
+def _prepared_call(positions, charges, cell, dipoles, kw):
+    fn = prepare_energy(positions, charges, cell, dipoles=dipoles, **kw)
+    positions = jnp.asarray(positions)
+    q = _charges_or_zeros(charges, dipoles, positions.shape[0])
+    mu = None if dipoles is None else jnp.asarray(dipoles)
+    return fn, (positions, jnp.asarray(q), None if cell is None else jnp.asarray(cell), mu)
 
 
 def electrostatic_energy(
@@ -376,6 +480,7 @@ def electrostatic_energy(
     charges,
     cell=None,
     *,
+    dipoles=None,
     pbc=None,
     method="auto",
     accuracy=1e-6,
@@ -387,7 +492,12 @@ def electrostatic_energy(
     Args:
       positions: (N, 3) Cartesian positions in Å.
       charges: (N,) charges in e; a charged periodic cell gets a uniform background.
+        May be None when ``dipoles`` are given (then zeros).
       cell: (3, 3) lattice vectors as rows in Å, or None for a molecule.
+      dipoles: optional (N, 3) atomic dipoles in e·Å: point dipoles, or Gaussian
+        ones of the atom's width ``sigma`` (self energy
+        ``|mu|^2 / (12 sqrt(pi) sigma^3)`` included). Periodic cells use the
+        tin-foil (conducting) boundary (see docs/dipoles.md).
       pbc: periodic axes; default all True with a cell.
       method: "auto", "direct" (molecules), "ewald" or "pme" (periodic).
       accuracy: requested relative energy error.
@@ -399,26 +509,20 @@ def electrostatic_energy(
       Energy in eV (e^2/Å if ``prefactor=1.0``), dtype of ``positions``.
 
     Raises:
-      ValueError: see :func:`prepare_energy`.
+      ValueError: see :func:`prepare_energy`; bad ``dipoles`` shape or values.
 
     Examples:
       >>> import jax.numpy as jnp, jaxlr
       >>> pos = jnp.array([[0.0, 0.0, 0.0], [0.0, 0.0, 2.0]])
       >>> float(jaxlr.electrostatic_energy(pos, jnp.array([1.0, -1.0]), prefactor=1.0))
       -0.5
+      >>> mu = jnp.array([[0.0, 0.0, 1.0], [0.0, 0.0, 1.0]])  # head to tail: -2 mu^2 / r^3
+      >>> float(jaxlr.electrostatic_energy(pos, None, dipoles=mu, prefactor=1.0))
+      -0.25
     """
-    fn = prepare_energy(
-        positions,
-        charges,
-        cell,
-        pbc=pbc,
-        method=method,
-        accuracy=accuracy,
-        prefactor=prefactor,
-        sigma=sigma,
-    )
-    positions = jnp.asarray(positions)
-    return fn(positions, jnp.asarray(charges), None if cell is None else jnp.asarray(cell))
+    kw = dict(pbc=pbc, method=method, accuracy=accuracy, prefactor=prefactor, sigma=sigma)
+    fn, args = _prepared_call(positions, charges, cell, dipoles, kw)
+    return fn(*args)
 
 
 def electrostatic_potential(
@@ -426,6 +530,7 @@ def electrostatic_potential(
     charges,
     cell=None,
     *,
+    dipoles=None,
     pbc=None,
     method="auto",
     accuracy=1e-6,
@@ -436,21 +541,50 @@ def electrostatic_potential(
 
     phi_i = sum_j q_j v(r_ij) over all other charges and images, plus the Gaussian
     self term, the Ewald self and background terms (arguments as
-    :func:`electrostatic_energy`).
+    :func:`electrostatic_energy`); with ``dipoles``, ``phi_i = dE/dq_i`` includes
+    the dipoles' potential.
     """
-    fn = prepare_energy(
-        positions,
-        charges,
-        cell,
-        pbc=pbc,
-        method=method,
-        accuracy=accuracy,
-        prefactor=prefactor,
-        sigma=sigma,
-    )
-    return fn.potential(
-        jnp.asarray(positions), jnp.asarray(charges), None if cell is None else jnp.asarray(cell)
-    )
+    kw = dict(pbc=pbc, method=method, accuracy=accuracy, prefactor=prefactor, sigma=sigma)
+    fn, args = _prepared_call(positions, charges, cell, dipoles, kw)
+    return fn.potential(*args)
+
+
+def electrostatic_field(
+    positions,
+    charges,
+    cell=None,
+    *,
+    dipoles=None,
+    pbc=None,
+    method="auto",
+    accuracy=1e-6,
+    prefactor=COULOMB,
+    sigma=None,
+):
+    r"""(N, 3) electric field at each atom in V/Å from all OTHER charges and dipoles
+    (and their periodic images).
+
+    Defined as ``field_i = -dE/dmu_i`` with the Gaussian dipole self energy left
+    out: for point sites it is ``-grad phi`` at atom i of every other source; for
+    Gaussian sites, the field of the other smeared sources averaged over atom i's
+    Gaussian. It is linear in (charges, dipoles), so ``-1/2 sum mu_i . field_i`` is
+    the dipoles' share of the energy. Arguments as :func:`electrostatic_energy`
+    (``charges`` or ``dipoles`` may be None; ``prefactor=1.0`` gives e/Å^2).
+
+    Examples:
+      >>> import jax.numpy as jnp, jaxlr
+      >>> pos = jnp.array([[0.0, 0.0, 0.0], [0.0, 0.0, 2.0]])
+      >>> f = jaxlr.electrostatic_field(pos, jnp.array([1.0, 0.0]), prefactor=1.0)
+      >>> round(float(f[1, 2]), 6)  # q / r^2 along +z at the second atom
+      0.25
+    """
+    n = np.shape(positions)[0]
+    if charges is None and dipoles is None:
+        raise ValueError("pass charges, dipoles or both")
+    kw = dict(pbc=pbc, method=method, accuracy=accuracy, prefactor=prefactor, sigma=sigma)
+    q = np.zeros(n) if charges is None else charges
+    fn, args = _prepared_call(positions, q, cell, dipoles, kw)
+    return fn.field(*args)
 
 
 def energy_forces_stress(energy_fn, positions, cell, *args, **kwargs):

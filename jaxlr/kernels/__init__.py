@@ -1,10 +1,13 @@
 """Pure kernels: direct Coulomb, Ewald, particle-mesh Ewald and their tuning (no Flax)."""
 
-from jaxlr.kernels.coulomb import coulomb_energy, coulomb_potential
+from jaxlr.kernels.coulomb import coulomb_energy, coulomb_field, coulomb_potential
 from jaxlr.kernels.ewald import (
     EwaldConfig,
     EwaldFns,
+    dipole_reciprocal_energy,
+    dipole_self_energy,
     ewald_energy,
+    ewald_field,
     ewald_fns,
     ewald_matrix,
     ewald_potential,
@@ -12,10 +15,12 @@ from jaxlr.kernels.ewald import (
     real_space_potential,
     reciprocal_energy,
     reciprocal_potential,
+    surface_energy,
 )
 from jaxlr.kernels.pme import (
     PMEConfig,
     pme_energy,
+    pme_field,
     pme_potential,
     pme_reciprocal_energy,
     spread_charges,
@@ -31,6 +36,12 @@ from jaxlr.kernels.tuning import (
 __all__ = [
     "coulomb_energy",
     "coulomb_potential",
+    "coulomb_field",
+    "ewald_field",
+    "pme_field",
+    "dipole_reciprocal_energy",
+    "dipole_self_energy",
+    "surface_energy",
     "EwaldConfig",
     "EwaldFns",
     "ewald_energy",

@@ -28,12 +28,18 @@ import math
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.custom_derivatives import SymbolicZero
 
 from jaxlr.kernels.coulomb import (
+    _as_charges,
     _sigma_per_atom,
     blocked_sum,
+    erf_kernel,
+    gaussian_dipole_self_energy,
     gaussian_self_potential,
+    multipole_pair_energy,
     pair_potential_sum,
+    point_kernel,
 )
 from jaxlr.neighbors import Pairs, pair_vectors
 from jaxlr.units import COULOMB
@@ -42,6 +48,10 @@ __all__ = [
     "EwaldConfig",
     "ewald_energy",
     "ewald_potential",
+    "ewald_field",
+    "dipole_reciprocal_energy",
+    "dipole_self_energy",
+    "surface_energy",
     "ewald_matrix",
     "ewald_fns",
     "EwaldFns",
@@ -354,6 +364,253 @@ def reciprocal_potential(positions, charges, cell, *, alpha, k_max, chunk=256, c
     return (4.0 * jnp.pi / volume) * phi.reshape(-1)[:n]
 
 
+# ---------------------------------------------------------------- dipoles
+
+
+def _real_space_multipole_energy(
+    positions, charges, dipoles, cell, pairs: Pairs, alpha, r_cut, sig
+):
+    """Real-space Ewald energy of charges and dipoles (Gaussian units): the pair
+    energy of :func:`jaxlr.kernels.coulomb.multipole_pair_energy` with the kernel
+    ``erfc(alpha r)/r`` (point) or ``[erf(r / sqrt(2 s2)) - erf(alpha r)] / r``
+    (Gaussian), 0 beyond r_cut."""
+    r_vec = pair_vectors(positions, pairs, cell)
+    r2 = jnp.sum(r_vec * r_vec, axis=-1)
+    inside = pairs.mask & (r2 < r_cut * r_cut)
+    apart = inside & (r2 > 0)
+    screen = erf_kernel(r2, alpha)
+    point = tuple(p - e for p, e in zip(point_kernel(r2, apart), screen))
+    if sig is None:
+        ker = tuple(jnp.where(apart, k, 0.0) for k in point)
+    else:
+        s2 = sig[pairs.i] ** 2 + sig[pairs.j] ** 2
+        is_point = s2 <= 0.0
+        gauss = erf_kernel(r2, 1.0 / jnp.sqrt(2.0 * jnp.where(is_point, 1.0, s2)))
+        ker = tuple(
+            jnp.where(inside, jnp.where(is_point, jnp.where(apart, p, 0.0), g - e), 0.0)
+            for p, g, e in zip(point, gauss, screen)
+        )
+    i, j = pairs.i, pairs.j
+    e = blocked_sum(
+        multipole_pair_energy(ker, r_vec, charges[i], charges[j], dipoles[i], dipoles[j])
+    )
+    return e if pairs.half else 0.5 * e
+
+
+def _dipole_structure_factors(e, charges, d, groups, k_max, chunk):
+    """S_g[c, m3] = sum_j (q_j + 2 pi i m . d_j) e1 e2 e3, d = mu @ inv(cell) the
+    fractional dipoles, accumulated over chunks of atoms (memory O(chunk x k))."""
+    e1, e2, e3 = e
+    cdtype = e1.dtype
+    chunk = min(chunk, e1.shape[0])
+    xs = (
+        _pad_chunks(e1, chunk),
+        _pad_chunks(e2, chunk),
+        _pad_chunks(e3, chunk),
+        _pad_chunks(charges, chunk),
+        _pad_chunks(d, chunk),
+    )
+    idx = [
+        (
+            m1 + k_max[0],
+            m2 + k_max[1],
+            h,
+            jnp.asarray(2j * np.pi * m1, cdtype),
+            jnp.asarray(2j * np.pi * m2, cdtype),
+            jnp.asarray(2j * np.pi * np.arange(h + 1), cdtype),
+        )
+        for m1, m2, h in groups
+    ]
+
+    def body(acc, x):
+        a1, a2, a3, qc, dc = x
+        out = []
+        for s_g, (i1, i2, h, w1, w2, w3) in zip(acc, idx):
+            a12 = a1[:, i1] * a2[:, i2]  # (chunk, C)
+            f12 = qc[:, None] + dc[:, 0, None] * w1[None, :] + dc[:, 1, None] * w2[None, :]
+            c = a12.shape[1]
+            both = jnp.concatenate([a12 * f12, a12 * dc[:, 2, None]], axis=1).T @ a3[:, : h + 1]
+            out.append(s_g + both[:c] + both[c:] * w3[None, :])
+        return tuple(out), None
+
+    acc0 = tuple(jnp.zeros((len(i1), h + 1), cdtype) for i1, _, h, *_ in idx)
+    acc, _ = jax.lax.scan(body, acc0, xs)
+    return acc
+
+
+def _is_zero(t):
+    return type(t) is SymbolicZero
+
+
+@functools.partial(jax.custom_jvp, nondiff_argnums=(4,))
+def _dipole_weighted_power(s, charges, d, weights, kspec):
+    """sum_g sum w_g |S_g|^2 with the charge-and-dipole structure factor; its JVP
+    carries the exact gradient in s, q and d (matrix products, no scatters), and
+    skips the position part when positions are not differentiated (fields)."""
+    groups = _kspec_groups(kspec)
+    e = _phases_s(s, kspec[0])
+    S = _dipole_structure_factors(e, charges, d, groups, kspec[0], kspec[3])
+    return sum(jnp.sum(w * (jnp.real(x) ** 2 + jnp.imag(x) ** 2)) for w, x in zip(weights, S))
+
+
+def _dipole_weighted_power_jvp(kspec, primals, tangents):
+    s, charges, d, weights = primals
+    ds, dq, dd, dw = tangents
+    k_max, chunk = kspec[0], kspec[3]
+    groups = _kspec_groups(kspec)
+    e = _phases_s(s, k_max)
+    S = _dipole_structure_factors(e, charges, d, groups, k_max, chunk)
+    power = [jnp.real(x) ** 2 + jnp.imag(x) ** 2 for x in S]
+    value = sum(jnp.sum(w * p) for w, p in zip(weights, power))
+    tangent = jnp.zeros((), value.dtype)
+    if not (_is_zero(ds) and _is_zero(dq) and _is_zero(dd)):
+        with_s = not _is_zero(ds)
+        g_s, g_q, g_d = _dipole_power_gradient(
+            e, charges, d, weights, S, groups, k_max, chunk, with_s
+        )
+        if with_s:
+            tangent = tangent + jnp.sum(g_s * ds)
+        if not _is_zero(dq):
+            tangent = tangent + jnp.sum(g_q * dq)
+        if not _is_zero(dd):
+            tangent = tangent + jnp.sum(g_d * dd)
+    if not all(_is_zero(t) for t in dw):
+        tangent = tangent + sum(jnp.sum(p * t) for p, t in zip(power, dw) if not _is_zero(t))
+    return value, tangent
+
+
+_dipole_weighted_power.defjvp(_dipole_weighted_power_jvp, symbolic_zeros=True)
+
+
+def _dipole_power_gradient(e, charges, d, weights, S, groups, k_max, chunk, with_s):
+    """Gradients of sum w |S|^2 in s, q and d (each (N, ...)), T = w conj(S):
+
+    * ``g_q[j] = 2 Re sum_m T e_j``, ``g_d[j, a] = 2 Re sum_m T (2 pi i m_a) e_j``;
+    * ``g_s[j, a] = 2 Re sum_m T f_j(m) (2 pi i m_a) e_j``, f_j = q_j + 2 pi i m.d_j.
+
+    The long column axis is contracted first by matrix products; ``with_s=False``
+    (fields) skips the three products of the position gradient."""
+    n = e[0].shape[0]
+    cdtype = e[0].dtype
+    chunk = min(chunk, n)
+    parts = []
+    for w, x, (m1, m2, h) in zip(weights, S, groups):
+        parts.append(
+            (
+                m1 + k_max[0],
+                m2 + k_max[1],
+                h,
+                w.astype(cdtype) * jnp.conj(x),
+                jnp.asarray(2j * np.pi * m1, cdtype),
+                jnp.asarray(2j * np.pi * m2, cdtype),
+                jnp.asarray(2j * np.pi * np.arange(h + 1), cdtype),
+            )
+        )
+    xs = tuple(_pad_chunks(a, chunk) for a in e) + (
+        _pad_chunks(charges, chunk),
+        _pad_chunks(d, chunk),
+    )
+
+    def body(_, xc):
+        a1, a2, a3, qc, dc = xc
+        rows = a1.shape[0]
+        g = 0.0
+        for i1, i2, h, t, w1, w2, w3 in parts:
+            p = a1[:, i1] * a2[:, i2]  # (chunk, C)
+            ops = [p, p * w1[None, :], p * w2[None, :]]
+            if with_s:
+                f12 = qc[:, None] + dc[:, 0, None] * w1[None, :] + dc[:, 1, None] * w2[None, :]
+                pf = p * f12
+                ops += [pf, pf * w1[None, :], pf * w2[None, :]]
+            v = (jnp.concatenate(ops) @ t).reshape(len(ops), rows, h + 1)
+            e3 = a3[:, : h + 1]
+            e3w = e3 * w3[None, :]
+
+            def dot(a, b):
+                return jnp.real(jnp.sum(a * b, axis=1))
+
+            cols = [dot(v[0], e3), dot(v[1], e3), dot(v[2], e3), dot(v[0], e3w)]
+            if with_s:
+                d3 = dc[:, 2]
+                cols += [
+                    dot(v[4], e3) + d3 * dot(v[1], e3w),
+                    dot(v[5], e3) + d3 * dot(v[2], e3w),
+                    dot(v[3], e3w) + d3 * dot(v[0], e3w * w3[None, :]),
+                ]
+            g = g + 2.0 * jnp.stack(cols, axis=1)
+        return None, g
+
+    _, g = jax.lax.scan(body, None, xs)
+    g = g.reshape(-1, g.shape[-1])[:n]
+    g_s = g[:, 4:7] if with_s else None
+    return g_s, g[:, 0], g[:, 1:4]
+
+
+def dipole_reciprocal_energy(positions, charges, dipoles, cell, *, config: EwaldConfig):
+    """Reciprocal-space Ewald energy of charges and point dipoles (Gaussian units),
+    ``(2 pi / V) sum w |S|^2`` with ``S(k) = sum_j (q_j + i k . mu_j) e^{i k . r_j}``
+    over ``config``'s k set (tin-foil boundary: the k = 0 term is left out)."""
+    dtype = positions.dtype
+    kspec = (config.k_max, config.k_columns, config.k_heights, config.chunk)
+    inv = jnp.linalg.inv(cell)
+    s = positions @ inv
+    d = dipoles.astype(dtype) @ inv
+    weights = tuple(
+        _group_weights(cell, config.alpha, m1, m2, h, dtype) for m1, m2, h in config.k_groups
+    )
+    volume = jnp.abs(jnp.linalg.det(cell))
+    return (2.0 * jnp.pi / volume) * _dipole_weighted_power(
+        s, charges.astype(dtype), d, weights, kspec
+    )
+
+
+def dipole_self_energy(dipoles, alpha, sig):
+    """Ewald self term of point dipoles, ``-(2 alpha^3 / (3 sqrt(pi))) sum |mu|^2``,
+    plus the Gaussian dipole self energy where ``sig`` is given (Gaussian units)."""
+    mu2 = blocked_sum(jnp.sum(dipoles * dipoles, axis=-1))
+    e = -(2.0 * alpha**3 / (3.0 * _SQRT_PI)) * mu2
+    if sig is not None:
+        e = e + gaussian_dipole_self_energy(dipoles, sig)
+    return e
+
+
+def surface_energy(positions, charges, dipoles, cell):
+    """Vacuum-sphere (epsilon' = 1) surface term ``2 pi |M|^2 / (3 V)`` (Gaussian
+    units), ``M = sum q_i r_i + sum mu_i`` the cell dipole: added to the tin-foil
+    energy it gives the sum over a growing sphere of images in vacuum (neutral
+    cells). Not part of any kernel's energy."""
+    m = jnp.sum(charges[:, None] * positions, axis=0)
+    if dipoles is not None:
+        m = m + jnp.sum(dipoles, axis=0)
+    volume = jnp.abs(jnp.linalg.det(cell))
+    return 2.0 * jnp.pi * jnp.sum(m * m) / (3.0 * volume)
+
+
+def _multipole_ewald_energy(positions, charges, dipoles, cell, pairs, config, sigma, reciprocal):
+    """Total Ewald-type energy with dipoles (Gaussian units); ``reciprocal`` is the
+    function of (positions, charges, dipoles, cell) for the k-space part."""
+    charges = charges.astype(positions.dtype)
+    dipoles = dipoles.astype(positions.dtype)
+    sig = _sigma_per_atom(sigma, charges)
+    e = _real_space_multipole_energy(
+        positions, charges, dipoles, cell, pairs, config.alpha, config.r_cut, sig
+    )
+    e = e + _self_and_background_energy(charges, cell, config.alpha, sigma)
+    e = e + dipole_self_energy(dipoles, config.alpha, sig)
+    return e + reciprocal(positions, charges, dipoles, cell)
+
+
+def field_from_energy(energy, dipoles, sigma, charges, prefactor):
+    """-d(energy - Gaussian dipole self energy)/d(dipoles) times prefactor."""
+    sig = _sigma_per_atom(sigma, charges)
+
+    def f(mu):
+        e = energy(mu)
+        return e if sig is None else e - gaussian_dipole_self_energy(mu, sig)
+
+    return -prefactor * jax.grad(f)(dipoles)
+
+
 # ---------------------------------------------------------------- totals
 
 
@@ -432,7 +689,15 @@ def ewald_matrix(positions, cell, pairs: Pairs, *, config: EwaldConfig, sigma=No
 
 
 def ewald_potential(
-    positions, charges, cell, pairs: Pairs, *, config: EwaldConfig, sigma=None, prefactor=COULOMB
+    positions,
+    charges,
+    cell,
+    pairs: Pairs,
+    *,
+    config: EwaldConfig,
+    sigma=None,
+    prefactor=COULOMB,
+    dipoles=None,
 ):
     r"""(N,) Ewald potential phi_i (V with ``prefactor=COULOMB``), E = 1/2 sum q_i phi_i.
 
@@ -444,7 +709,22 @@ def ewald_potential(
       config: :class:`EwaldConfig` (static).
       sigma: None, or Gaussian widths (scalar or (N,)) in Å.
       prefactor: Coulomb constant (1.0 for Gaussian units).
+      dipoles: optional (N, 3) atomic dipoles in e·Å (point, or Gaussian with the
+        atom's sigma); then ``phi_i = dE/dq_i`` includes their potential.
     """
+    if dipoles is not None:
+        positions = jnp.asarray(positions)
+        charges = _as_charges(charges, dipoles, positions).astype(positions.dtype)
+        return jax.grad(ewald_energy, argnums=1)(
+            positions,
+            charges,
+            cell,
+            pairs,
+            config=config,
+            sigma=sigma,
+            prefactor=prefactor,
+            dipoles=dipoles,
+        )
     positions, charges, cell = jnp.asarray(positions), jnp.asarray(charges), jnp.asarray(cell)
     phi = real_space_potential(
         positions, charges, cell, pairs, alpha=config.alpha, r_cut=config.r_cut, sigma=sigma
@@ -463,13 +743,39 @@ def ewald_potential(
 
 
 def ewald_energy(
-    positions, charges, cell, pairs: Pairs, *, config: EwaldConfig, sigma=None, prefactor=COULOMB
+    positions,
+    charges,
+    cell,
+    pairs: Pairs,
+    *,
+    config: EwaldConfig,
+    sigma=None,
+    prefactor=COULOMB,
+    dipoles=None,
 ):
     r"""Ewald energy of one periodic structure (eV with ``prefactor=COULOMB``).
 
     Arguments as :func:`ewald_potential`. The reciprocal part is evaluated as
     (2 pi / V) sum w |S|^2 and the real part as sum over pairs of q_i q_j v(r_ij).
+
+    With ``dipoles`` ((N, 3) e·Å; ``charges`` may then be None), the structure
+    factor is ``S(k) = sum_j (q_j + i k . mu_j) e^{i k . r_j}``, the real space
+    carries the charge-dipole and dipole-dipole terms, and the self energy adds
+    ``-(2 alpha^3 / (3 sqrt(pi))) |mu|^2`` (+ ``|mu|^2 / (12 sqrt(pi) sigma^3)``
+    for Gaussian dipoles). The boundary is tin-foil (conducting): no surface term
+    ``2 pi |M|^2 / (3 V)`` (see :func:`surface_energy` for the vacuum one).
     """
+    if dipoles is not None:
+        positions, cell = jnp.asarray(positions), jnp.asarray(cell)
+        charges = _as_charges(charges, dipoles, positions)
+
+        def reciprocal(p, q, mu, c):
+            return dipole_reciprocal_energy(p, q, mu, c, config=config)
+
+        e = _multipole_ewald_energy(
+            positions, charges, jnp.asarray(dipoles), cell, pairs, config, sigma, reciprocal
+        )
+        return prefactor * e
     positions, charges, cell = jnp.asarray(positions), jnp.asarray(charges), jnp.asarray(cell)
     e = real_space_energy(
         positions, charges, cell, pairs, alpha=config.alpha, r_cut=config.r_cut, sigma=sigma
@@ -479,6 +785,33 @@ def ewald_energy(
         positions, charges, cell, alpha=config.alpha, k_max=config.k_max, config=config
     )
     return prefactor * e
+
+
+def ewald_field(
+    positions,
+    charges,
+    dipoles,
+    cell,
+    pairs: Pairs,
+    *,
+    config: EwaldConfig,
+    sigma=None,
+    prefactor=COULOMB,
+):
+    r"""(N, 3) field at each atom from all other charges, dipoles and images,
+    ``-dE/dmu_i`` without the Gaussian dipole self energy (V/Å with
+    ``prefactor=COULOMB``; tin-foil boundary). Linear in (charges, dipoles);
+    ``charges`` may be None. Arguments as :func:`ewald_energy`."""
+    positions, cell = jnp.asarray(positions), jnp.asarray(cell)
+    charges = _as_charges(charges, dipoles, positions).astype(positions.dtype)
+    dipoles = jnp.asarray(dipoles).astype(positions.dtype)
+
+    def energy(mu):
+        return ewald_energy(
+            positions, charges, cell, pairs, config=config, sigma=sigma, prefactor=1.0, dipoles=mu
+        )
+
+    return field_from_energy(energy, dipoles, sigma, charges, prefactor)
 
 
 class EwaldFns(tuple):

@@ -27,8 +27,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxlr.kernels.coulomb import blocked_sum
-from jaxlr.kernels.ewald import _self_and_background_energy, real_space_energy
+from jaxlr.kernels.coulomb import _as_charges, blocked_sum
+from jaxlr.kernels.ewald import (
+    _multipole_ewald_energy,
+    _self_and_background_energy,
+    field_from_energy,
+    real_space_energy,
+)
 from jaxlr.neighbors import Pairs
 from jaxlr.units import COULOMB
 
@@ -39,6 +44,7 @@ __all__ = [
     "pme_reciprocal_energy",
     "pme_energy",
     "pme_potential",
+    "pme_field",
 ]
 
 
@@ -130,8 +136,12 @@ def _modulus(order, k_mesh):
     return out
 
 
-def spread_charges(s, charges, mesh, order):
+def spread_charges(s, charges, mesh, order, dipoles=None):
     """Q[k] = sum_i q_i prod_a M_p(u_ia - k_a) on the periodic mesh; s fractional (N, 3).
+
+    ``dipoles``: optional (N, 3) fractional dipoles ``d = mu @ inv(cell)``; each adds
+    ``mu . grad_r`` of its atom's weights, ``sum_a K_a d_a dW/du_a`` (the mesh image
+    of the dipole density ``-mu . grad delta``).
 
     Each atom adds one (p, p, p) block at its window's corner into a mesh padded by
     p - 1 on every axis (one windowed scatter per atom, contiguous inner rows); the
@@ -143,14 +153,27 @@ def spread_charges(s, charges, mesh, order):
     base = jnp.floor(u)
     frac = u - base
     # weights of the points start + t, t = 0..p-1, start = base - (p - 1)
-    w = bspline_weights(frac, p)[:, :, ::-1]
     start = (base.astype(jnp.int32) - (p - 1)) % mesh_np[None, :]
-    block = (
-        charges[:, None, None, None]
-        * w[:, 0, :, None, None]
-        * w[:, 1, None, :, None]
-        * w[:, 2, None, None, :]
-    )
+    if dipoles is None:
+        w = bspline_weights(frac, p)[:, :, ::-1]
+        block = (
+            charges[:, None, None, None]
+            * w[:, 0, :, None, None]
+            * w[:, 1, None, :, None]
+            * w[:, 2, None, None, :]
+        )
+    else:
+        w, dw = jax.jvp(lambda f: bspline_weights(f, p), (frac,), (jnp.ones_like(frac),))
+        w, dw = w[:, :, ::-1], dw[:, :, ::-1]
+        kd = dipoles * jnp.asarray(mesh_np, s.dtype)[None, :]  # K_a d_a
+        # q w1 w2 w3 + kd1 w1' w2 w3 + kd2 w1 w2' w3 + kd3 w1 w2 w3'
+        a1 = charges[:, None] * w[:, 0] + kd[:, 0, None] * dw[:, 0]
+        block = (
+            a1[:, :, None] * w[:, 1, None, :]
+            + kd[:, 1, None, None] * w[:, 0, :, None] * dw[:, 1, None, :]
+        )[:, :, :, None] * w[:, 2, None, None, :] + (
+            kd[:, 2, None, None] * w[:, 0, :, None] * w[:, 1, None, :]
+        )[:, :, :, None] * dw[:, 2, None, None, :]
     padded = jnp.zeros(tuple(int(k) + p - 1 for k in mesh), s.dtype)
     dnums = jax.lax.ScatterDimensionNumbers(
         update_window_dims=(1, 2, 3),
@@ -234,6 +257,59 @@ def _mesh_tables(mesh, order, influence="spme"):
     return outer(cs) * w, (outer(cas) - 1.0) * w
 
 
+_PAIRS_AB = ((0, 0), (1, 1), (2, 2), (0, 1), (0, 2), (1, 2))
+
+
+def _alias_moments(k_mesh, order, n_alias=400):
+    """Per-axis alias sums ``sum_j xi_j^t W(xi_j / K)^2``, t = 0, 1, 2, with
+    ``xi_j = n + K j`` over the aliases j (W = sinc^p), at n = fftfreq(K) * K."""
+    n = np.fft.fftfreq(k_mesh, 1.0 / k_mesh)
+    xi = n[:, None] + k_mesh * np.arange(-n_alias, n_alias + 1)[None, :]
+    w2 = np.sinc(xi / k_mesh) ** (2 * order)
+    return [np.sum(xi**t * w2, axis=1) for t in range(3)]
+
+
+@functools.lru_cache(maxsize=64)
+def _dipole_mesh_tables(mesh, order, influence="spme"):
+    """(6, K1, K2, K3 // 2 + 1) tables ``c A_ab - m_a m_b`` for the pairs ab of
+    ``_PAIRS_AB``, with the half-space weights: the mean self-interaction of a
+    fractional dipole d with its own mesh image, minus the exact one, is
+    ``(2 pi / V) 4 pi^2 sum_ab d_a d_b sum_m g(m) (c A_ab - m_a m_b)``, with
+    ``A_ab = sum_aliases W^2 xi_a xi_b`` (xi = m + K j)."""
+    half = mesh[2] // 2 + 1
+    mom, ms, cs = [], [], []
+    for axis, k_mesh in enumerate(mesh):
+        u0, a, b2 = _axis_factors(k_mesh, order)
+        c = _influence_factor(u0, a, b2, influence)
+        t = _alias_moments(k_mesh, order)
+        m = np.fft.fftfreq(k_mesh, 1.0 / k_mesh)
+        if axis == 2:
+            c, t, m = c[:half], [x[:half] for x in t], np.arange(half, dtype=np.float64)
+        cs.append(c)
+        mom.append(t)
+        ms.append(m)
+    shape = (mesh[0], mesh[1], half)
+
+    def axis_view(v, axis):
+        return v.reshape([-1 if i == axis else 1 for i in range(3)])
+
+    c = axis_view(cs[0], 0) * axis_view(cs[1], 1) * axis_view(cs[2], 2)
+    weight3 = np.full(half, 2.0)
+    weight3[0] = 1.0
+    if mesh[2] % 2 == 0:
+        weight3[-1] = 1.0
+    out = []
+    for a, b in _PAIRS_AB:
+        prod = np.ones(shape)
+        exact = np.ones(shape)
+        for axis in range(3):
+            power = (axis == a) + (axis == b)
+            prod = prod * axis_view(mom[axis][power], axis)
+            exact = exact * axis_view(ms[axis] ** power, axis)
+        out.append((c * prod - exact) * weight3[None, None, :])
+    return np.stack(out)
+
+
 def _mesh_weights(cell, alpha, mesh, dtype):
     """exp(-k^2 / 4 alpha^2) / k^2 on the rfft half mesh, 0 at k = 0; k^2 from the
     reciprocal metric, so no (K1, K2, K3, 3) array of k vectors is formed."""
@@ -264,18 +340,23 @@ def _mesh_dot(a, b):
     return jnp.sum(jax.lax.optimization_barrier(jnp.sum(s, axis=1)))
 
 
-def pme_reciprocal_energy(positions, charges, cell, *, config: PMEConfig):
+def pme_reciprocal_energy(positions, charges, cell, *, config: PMEConfig, dipoles=None):
     """Reciprocal-space energy (Gaussian units) on ``config.mesh``.
 
     ``(2 pi / V) sum_k e^{-k^2/4a^2}/k^2 [c(k) |FFT(Q)(k)|^2 - Q2 (c(k) a(k) - 1)]``:
     the second term (``config.self_correction``) removes the mean spurious
     self-interaction of each charge with its own mesh image, which is otherwise the
-    largest error of smooth PME (a bias of order ``Q2 h^p``)."""
+    largest error of smooth PME (a bias of order ``Q2 h^p``).
+
+    ``dipoles`` ((N, 3) e·Å): point dipoles spread with the gradients of the
+    B-spline weights (see :func:`spread_charges`)."""
     dtype = positions.dtype
     mesh, order = config.mesh, config.order
     charges = charges.astype(dtype)
-    s = positions @ jnp.linalg.inv(cell)
-    q_hat = jnp.fft.rfftn(spread_charges(s, charges, mesh, order))
+    inv = jnp.linalg.inv(cell)
+    s = positions @ inv
+    d = None if dipoles is None else dipoles.astype(dtype) @ inv
+    q_hat = jnp.fft.rfftn(spread_charges(s, charges, mesh, order, d))
     c, bias = _mesh_tables(mesh, order, config.influence)
     g = _mesh_weights(cell, config.alpha, mesh, dtype)
     power = jnp.real(q_hat) ** 2 + jnp.imag(q_hat) ** 2
@@ -283,17 +364,44 @@ def pme_reciprocal_energy(positions, charges, cell, *, config: PMEConfig):
     e = _mesh_dot(g * jnp.asarray(c, dtype), power)
     if config.self_correction:
         e = e - blocked_sum(charges * charges) * _mesh_dot(g, jnp.asarray(bias, dtype))
+        if d is not None:
+            # the same for the dipoles: 4 pi^2 sum_ab D_ab <g, c A_ab - m_a m_b>
+            tables = jnp.asarray(_dipole_mesh_tables(mesh, order, config.influence), dtype)
+            dd = d.T @ d  # (3, 3) sum_j d_ja d_jb
+            e = e - (4.0 * jnp.pi**2) * sum(
+                dd[a, b] * _mesh_dot(g, tables[k]) for k, (a, b) in enumerate(_PAIRS_AB)
+            )
     return (2.0 * jnp.pi / volume) * e
 
 
 def pme_energy(
-    positions, charges, cell, pairs: Pairs, *, config: PMEConfig, sigma=None, prefactor=COULOMB
+    positions,
+    charges,
+    cell,
+    pairs: Pairs,
+    *,
+    config: PMEConfig,
+    sigma=None,
+    prefactor=COULOMB,
+    dipoles=None,
 ):
     """Full PME energy (eV with ``prefactor=COULOMB``): Ewald's real-space, self and
     background terms with the reciprocal part on the mesh. Arguments as
-    :func:`jaxlr.kernels.ewald_energy`; ``config.r_cut`` is the real-space cutoff."""
+    :func:`jaxlr.kernels.ewald_energy` (``dipoles`` included, tin-foil boundary);
+    ``config.r_cut`` is the real-space cutoff."""
     if config.r_cut is None:
         raise ValueError("config.r_cut is needed for the full PME energy")
+    if dipoles is not None:
+        positions, cell = jnp.asarray(positions), jnp.asarray(cell)
+        charges = _as_charges(charges, dipoles, positions)
+
+        def reciprocal(p, q, mu, c):
+            return pme_reciprocal_energy(p, q, c, config=config, dipoles=mu)
+
+        e = _multipole_ewald_energy(
+            positions, charges, jnp.asarray(dipoles), cell, pairs, config, sigma, reciprocal
+        )
+        return prefactor * e
     positions, charges, cell = jnp.asarray(positions), jnp.asarray(charges), jnp.asarray(cell)
     e = real_space_energy(
         positions, charges, cell, pairs, alpha=config.alpha, r_cut=config.r_cut, sigma=sigma
@@ -304,16 +412,52 @@ def pme_energy(
 
 
 def pme_potential(
-    positions, charges, cell, pairs: Pairs, *, config: PMEConfig, sigma=None, prefactor=COULOMB
+    positions,
+    charges,
+    cell,
+    pairs: Pairs,
+    *,
+    config: PMEConfig,
+    sigma=None,
+    prefactor=COULOMB,
+    dipoles=None,
 ):
     """(N,) PME potential phi_i = dE/dq_i (V with ``prefactor=COULOMB``); exact, since E
-    is quadratic in q, so E = 1/2 sum q_i phi_i."""
+    is quadratic in q, so E = 1/2 sum q_i phi_i (without dipoles)."""
+    positions = jnp.asarray(positions)
+    charges = _as_charges(charges, dipoles, positions).astype(positions.dtype)
     return jax.grad(pme_energy, argnums=1)(
         positions,
-        jnp.asarray(charges),
+        charges,
         cell,
         pairs,
         config=config,
         sigma=sigma,
         prefactor=prefactor,
+        dipoles=dipoles,
     )
+
+
+def pme_field(
+    positions,
+    charges,
+    dipoles,
+    cell,
+    pairs: Pairs,
+    *,
+    config: PMEConfig,
+    sigma=None,
+    prefactor=COULOMB,
+):
+    """(N, 3) field at each atom, ``-dE/dmu_i`` without the Gaussian dipole self
+    energy (V/Å with ``prefactor=COULOMB``); see :func:`jaxlr.kernels.ewald_field`."""
+    positions, cell = jnp.asarray(positions), jnp.asarray(cell)
+    charges = _as_charges(charges, dipoles, positions).astype(positions.dtype)
+    dipoles = jnp.asarray(dipoles).astype(positions.dtype)
+
+    def energy(mu):
+        return pme_energy(
+            positions, charges, cell, pairs, config=config, sigma=sigma, prefactor=1.0, dipoles=mu
+        )
+
+    return field_from_energy(energy, dipoles, sigma, charges, prefactor)

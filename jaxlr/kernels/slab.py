@@ -47,8 +47,12 @@ def slab_cell(cell, length):
     return jnp.stack([cell[0], cell[1], length * slab_normal(cell)])
 
 
-def slab_correction(positions, charges, cell, length, sigma=None):
+def slab_correction(positions, charges, cell, length, sigma=None, dipoles=None):
     """Yeh-Berkowitz / Ballenegger slab correction (Gaussian units, times prefactor).
+
+    Atomic dipoles (point or Gaussian) enter through the moments of the charge
+    density along the normal: ``M_z += sum mu_iz`` and the second moment
+    ``sum q_i (z_i^2 + sigma_i^2) += 2 sum mu_iz z_i``.
 
     Args:
       positions: (N, 3) positions in Å.
@@ -56,6 +60,7 @@ def slab_correction(positions, charges, cell, length, sigma=None):
       cell: (3, 3) cell whose first two rows are the periodic vectors.
       length: extent of the periodic cell along the normal in Å (static).
       sigma: None or Gaussian widths in Å (their second moment adds sigma^2).
+      dipoles: None or (N, 3) atomic dipoles in e·Å.
     """
     n = slab_normal(cell)
     z = positions @ n
@@ -68,6 +73,10 @@ def slab_correction(positions, charges, cell, length, sigma=None):
     if sig is not None:
         second = second + sig * sig
     moment2 = jnp.sum(charges * second)
+    if dipoles is not None:
+        mu_z = dipoles @ n
+        dipole = dipole + jnp.sum(mu_z)
+        moment2 = moment2 + 2.0 * jnp.sum(mu_z * z)
     return (2.0 * jnp.pi / volume) * (
         dipole * dipole - total * moment2 - total * total * length * length / 12.0
     )

@@ -64,16 +64,34 @@ def energy_scale(charges, volume) -> float:
     return float(np.sum(q * q)) / (2.0 * a)
 
 
-def real_space_error(q2, volume, alpha, r_cut, sigma_max=None) -> float:
-    """Kolafa-Perram RMS real-space energy error (Gaussian units)."""
+def real_space_error(q2, volume, alpha, r_cut, sigma_max=None, m2=0.0) -> float:
+    """Kolafa-Perram RMS real-space energy error (Gaussian units).
+
+    With dipoles (``m2 = sum |mu|^2``), the same count over random, uncorrelated
+    sites and orientations (as Wang & Holm, J. Chem. Phys. 115, 6351 (2001)) adds
+    in quadrature ``dE^2 = (2 pi / V) int_{r_c} r^2 [m2^2 (2 B^2 + (B - C r^2)^2) / 9
+    + 2 Q2 m2 r^2 B^2 / 3] dr`` with the exact screened kernels B, C of
+    ``erfc(a r) / r`` (integrated numerically, so small cutoffs are not
+    underestimated)."""
 
     def kp(a):
-        return (
-            q2
-            * math.sqrt(r_cut / (2.0 * volume))
-            * math.exp(-((a * r_cut) ** 2))
-            / (a * r_cut) ** 2
+        x = math.exp(-((a * r_cut) ** 2))
+        qq = q2 * math.sqrt(r_cut / (2.0 * volume)) * x / (a * r_cut) ** 2
+        if not m2:
+            return qq
+        r = r_cut * np.geomspace(1.0, 1.0 + 8.0 / (a * r_cut), 400)
+        b, c = _host_bc(r, a)
+        f = (
+            (2.0 * math.pi / volume)
+            * r
+            * r
+            * (
+                m2 * m2 * (2.0 * b * b + (b - c * r * r) ** 2) / 9.0
+                + 2.0 * q2 * m2 * r * r * b * b / 3.0
+            )
         )
+        ms = float(np.sum(0.5 * (f[1:] + f[:-1]) * np.diff(r)))
+        return math.sqrt(qq * qq + ms)
 
     err = kp(alpha)
     if sigma_max:
@@ -95,12 +113,12 @@ def _bisect_decreasing(err, lo, hi, target):
     return hi
 
 
-def _rcut_for(q2, volume, alpha, target, sigma_max):
+def _rcut_for(q2, volume, alpha, target, sigma_max, m2=0.0):
     hi = 50.0 / alpha
     if sigma_max:
         hi = max(hi, 100.0 * sigma_max)
     return _bisect_decreasing(
-        lambda r: real_space_error(q2, volume, alpha, r, sigma_max), 1e-3 / alpha, hi, target
+        lambda r: real_space_error(q2, volume, alpha, r, sigma_max, m2), 1e-3 / alpha, hi, target
     )
 
 
@@ -163,10 +181,21 @@ def _set_mask(config, m1, m2, m3):
     return lookup(m1, m2, m3) | lookup(-m1, -m2, -m3)
 
 
-def reciprocal_box_error(q2, cell, alpha, k_max, config=None) -> float:
+def _dipole_k_tail(m2, alpha, k_c):
+    """(2 pi / V) (m2 / 3) sum_{|k| > k_c} exp(-k^2 / 4 alpha^2) as an integral."""
+    x = k_c / (2.0 * alpha)
+    return (
+        (m2 / 3.0)
+        * (8.0 * alpha**3 / math.pi)
+        * (0.5 * x * math.exp(-x * x) + 0.25 * math.sqrt(math.pi) * erfc(x))
+    )
+
+
+def reciprocal_box_error(q2, cell, alpha, k_max, config=None, m2=0.0) -> float:
     """Expected reciprocal energy error of the kernel's k set (Gaussian units):
-    ``(2 pi / V) q2 sum_{m outside} exp(-k^2/4 alpha^2)/k^2``; the box ``k_max``, or
-    ``config``'s trimmed set."""
+    ``(2 pi / V) sum_{m outside} exp(-k^2/4 alpha^2)/k^2 (q2 + k^2 m2 / 3)`` (the mean
+    of |S(k)|^2 over random charges and randomly oriented dipoles); the box
+    ``k_max``, or ``config``'s trimmed set."""
     cell = np.asarray(cell, dtype=np.float64)
     volume = abs(np.linalg.det(cell))
     recip = 2.0 * math.pi * np.linalg.inv(cell).T
@@ -182,7 +211,8 @@ def reciprocal_box_error(q2, cell, alpha, k_max, config=None) -> float:
         # too many terms to sum: integral bound outside the inscribed sphere
         heights = host_heights(cell)
         k_in = min(2.0 * math.pi * (kb[a] + 1) / heights[a] for a in range(3))
-        return q2 * alpha * erfc(k_in / (2.0 * alpha)) / math.sqrt(math.pi)
+        bound = q2 * alpha * erfc(k_in / (2.0 * alpha)) / math.sqrt(math.pi)
+        return bound + (_dipole_k_tail(m2, alpha, k_in) if m2 else 0.0)
     total = 0.0
     m2 = np.arange(-reach[1], reach[1] + 1)[:, None]
     m3 = np.arange(-reach[2], reach[2] + 1)[None, :]
@@ -192,20 +222,39 @@ def reciprocal_box_error(q2, cell, alpha, k_max, config=None) -> float:
         outside = ~_set_mask(config, np.full_like(m2 + m3, a), m2 + 0 * m3, m3 + 0 * m2)
         outside &= k2 > 0
         k2 = np.where(outside, k2, 1.0)
-        total += float(np.sum(np.where(outside, np.exp(-k2 / (4.0 * alpha**2)) / k2, 0.0)))
-    return (2.0 * math.pi / volume) * q2 * total
+        total += float(
+            np.sum(
+                np.where(outside, np.exp(-k2 / (4.0 * alpha**2)) / k2 * (q2 + k2 * m2 / 3.0), 0.0)
+            )
+        )
+    return (2.0 * math.pi / volume) * total
 
 
-def ewald_error_estimate(charges, cell, config: EwaldConfig, sigma=None) -> float:
+def _dipole_m2(dipoles) -> float:
+    if dipoles is None:
+        return 0.0
+    mu = np.asarray(dipoles, dtype=np.float64)
+    return float(np.sum(mu * mu))
+
+
+def _q2_m2(charges, dipoles):
+    """(sum q^2, sum |mu|^2), with q2 = N when both vanish (a scale for the tuner)."""
+    q = np.asarray(charges, dtype=np.float64)
+    m2 = _dipole_m2(dipoles)
+    q2 = float(np.sum(q * q))
+    return (q2 or (0.0 if m2 else float(len(q)))), m2
+
+
+def ewald_error_estimate(charges, cell, config: EwaldConfig, sigma=None, dipoles=None) -> float:
     """Estimated absolute energy error of ``config`` (Gaussian units; times prefactor)."""
     q = np.asarray(charges, dtype=np.float64)
-    q2 = float(np.sum(q * q))
+    q2, m2 = float(np.sum(q * q)), _dipole_m2(dipoles)
     cell = np.asarray(cell, dtype=np.float64)
     volume = abs(np.linalg.det(cell))
     smax = None if sigma is None else float(np.max(sigma))
-    return real_space_error(q2, volume, config.alpha, config.r_cut, smax) + reciprocal_box_error(
-        q2, cell, config.alpha, config.k_max, config
-    )
+    return real_space_error(
+        q2, volume, config.alpha, config.r_cut, smax, m2
+    ) + reciprocal_box_error(q2, cell, config.alpha, config.k_max, config, m2)
 
 
 def _cost(n_atoms, volume, heights, r_cut, n_kpoints):
@@ -220,10 +269,10 @@ def _cost(n_atoms, volume, heights, r_cut, n_kpoints):
     return COST_PAIR * pairs + COST_CANDIDATE * candidates + COST_KPOINT * n_atoms * n_kpoints
 
 
-def _tune_absolute(charges, cell, target, sigma, chunk, alpha=None):
+def _tune_absolute(charges, cell, target, sigma, chunk, alpha=None, dipoles=None):
     q = np.asarray(charges, dtype=np.float64)
     n = len(q)
-    q2 = float(np.sum(q * q)) or float(n)
+    q2, m2 = _q2_m2(q, dipoles)
     volume = abs(np.linalg.det(cell))
     smax = None if sigma is None else float(np.max(sigma))
     heights = host_heights(cell)
@@ -232,9 +281,8 @@ def _tune_absolute(charges, cell, target, sigma, chunk, alpha=None):
     best = None
     alphas = a0 * np.geomspace(0.25, 8.0, 41) if alpha is None else [alpha]
     for alpha in alphas:
-        r_cut = _rcut_for(q2, volume, alpha, 0.5 * target, smax)
-        x = erfcinv(min(0.5 * target * math.sqrt(math.pi) / (q2 * alpha), 1.0))
-        k_c = 2.0 * alpha * max(float(x), 1e-3)
+        r_cut = _rcut_for(q2, volume, alpha, 0.5 * target, smax, m2)
+        k_c = _k_cut_for(q2, m2, alpha, 0.5 * target)
         cfg = EwaldConfig(float(alpha), float(r_cut), *k_set(cell, k_c), chunk=chunk)
         cost = _cost(n, volume, heights, r_cut, cfg.n_kpoints)
         if best is None or cost < best[0]:
@@ -242,13 +290,27 @@ def _tune_absolute(charges, cell, target, sigma, chunk, alpha=None):
     _, cfg, k_c = best
     # the integral bound sized the set; verify on the actual k set and grow if needed
     for _ in range(40):
-        err_k = reciprocal_box_error(q2, cell, cfg.alpha, cfg.k_max, cfg)
+        err_k = reciprocal_box_error(q2, cell, cfg.alpha, cfg.k_max, cfg, m2)
         if err_k <= 0.5 * target:
             break
         k_c *= 1.05
         cfg = EwaldConfig(cfg.alpha, cfg.r_cut, *k_set(cell, k_c), chunk=chunk)
-    err = real_space_error(q2, volume, cfg.alpha, cfg.r_cut, smax) + err_k
+    err = real_space_error(q2, volume, cfg.alpha, cfg.r_cut, smax, m2) + err_k
     return dataclasses.replace(cfg, estimated_error=err)
+
+
+def _k_cut_for(q2, m2, alpha, target):
+    """k cutoff whose integral bound (charges, and dipoles) meets target."""
+    x = erfcinv(min(target * math.sqrt(math.pi) / (max(q2, 1e-300) * alpha), 1.0)) if q2 else 0.0
+    k_c = 2.0 * alpha * max(float(x), 1e-3)
+    if m2:
+        k_c = max(
+            k_c,
+            _bisect_decreasing(
+                lambda k: _dipole_k_tail(m2, alpha, k), 1e-3 * alpha, 40 * alpha, target
+            ),
+        )
+    return k_c
 
 
 def _gaussian_screen(r, s2):
@@ -289,7 +351,14 @@ def real_space_tail(
     return abs(total) * n / len(centers)
 
 
-def _host_ewald_energy(positions, charges, cell, config, sigma):
+def _host_bc(r, x):
+    """(B, C) of erfc(x r) / r (numpy, r > 0)."""
+    g = 2.0 * x * r / math.sqrt(math.pi) * np.exp(-((x * r) ** 2))
+    e = erfc(x * r)
+    return (e + g) / r**3, (3.0 * e + g * (3.0 + 2.0 * (x * r) ** 2)) / r**5
+
+
+def _host_ewald_energy(positions, charges, cell, config, sigma, dipoles=None):
     """Plain numpy Ewald energy (Gaussian units) used for the crude pre-pass."""
     from jaxlr.neighbors import _host_pairs
 
@@ -303,17 +372,46 @@ def _host_ewald_energy(positions, charges, cell, config, sigma):
     if sig is not None:
         v -= _gaussian_screen(r, sig[i] ** 2 + sig[j] ** 2)
     e = float(np.sum(q[i] * q[j] * v))
+    mu = None if dipoles is None else np.asarray(dipoles, np.float64)
+    if mu is not None:
+        rv = positions[j] - positions[i] + S @ cell
+        b, c = _host_bc(r, config.alpha)
+        if sig is not None:
+            gauss = sig[i] ** 2 + sig[j] ** 2 > 0
+            w = np.sqrt(2.0 * np.where(gauss, sig[i] ** 2 + sig[j] ** 2, 1.0))
+            bg, cg = _host_bc(r, 1.0 / w)
+            b, c = b - np.where(gauss, bg, 0.0), c - np.where(gauss, cg, 0.0)
+        ri, rj = np.sum(mu[i] * rv, 1), np.sum(mu[j] * rv, 1)
+        e += float(np.sum(b * (q[j] * ri - q[i] * rj + np.sum(mu[i] * mu[j], 1)) - c * ri * rj))
+        e -= 2.0 * config.alpha**3 / (3.0 * math.sqrt(math.pi)) * float(np.sum(mu * mu))
+        if sig is not None:
+            gs = sig > 0
+            e += float(np.sum(np.sum(mu[gs] ** 2, 1) / (12 * math.sqrt(math.pi) * sig[gs] ** 3)))
     s = positions @ np.linalg.inv(cell)
     km = config.k_max
     recip = 2.0 * math.pi * np.linalg.inv(cell).T
     m1, m2, m3 = np.arange(-km[0], km[0] + 1), np.arange(-km[1], km[1] + 1), np.arange(0, km[2] + 1)
+    d = None if mu is None else mu @ np.linalg.inv(cell)
     acc = np.zeros((len(m1) * len(m2), len(m3)), complex)
+    mm1 = np.repeat(m1, len(m2))[:, None]
+    mm2 = np.tile(m2, len(m1))[:, None]
     for c in range(0, n, 1024):
         sl = slice(c, c + 1024)
-        e1 = np.exp(2j * np.pi * s[sl, 0, None] * m1) * q[sl, None]
+        e1 = np.exp(2j * np.pi * s[sl, 0, None] * m1)
         e2 = np.exp(2j * np.pi * s[sl, 1, None] * m2)
         e3 = np.exp(2j * np.pi * s[sl, 2, None] * m3)
-        acc += (e1[:, :, None] * e2[:, None, :]).reshape(len(e1), -1).T @ e3
+        e12 = (e1[:, :, None] * e2[:, None, :]).reshape(len(e1), -1)
+        acc += (e12 * q[sl, None]).T @ e3
+        if d is not None:
+            acc += (
+                2j
+                * np.pi
+                * (
+                    mm1 * ((e12 * d[sl, 0, None]).T @ e3)
+                    + mm2 * ((e12 * d[sl, 1, None]).T @ e3)
+                    + m3[None, :] * ((e12 * d[sl, 2, None]).T @ e3)
+                )
+            )
     k = (
         m1[:, None, None, None] * recip[0]
         + m2[None, :, None, None] * recip[1]
@@ -346,6 +444,7 @@ def tune_ewald(
     alpha=None,
     r_cut=None,
     k_max=None,
+    dipoles=None,
 ) -> EwaldConfig:
     """Choose Ewald parameters for a requested relative energy accuracy (host, numpy).
 
@@ -355,6 +454,9 @@ def tune_ewald(
       cell: (3, 3) lattice vectors as rows in Å.
       accuracy: requested relative energy error (see the module docstring).
       sigma: Gaussian widths in Å (scalar or (N,)), or None.
+      dipoles: optional (N, 3) example dipoles in e·Å: the error model then covers
+        the charge-dipole and dipole-dipole terms (Wang & Holm style), and the
+        relative accuracy refers to the dipolar energy.
       alpha, r_cut, k_max: explicit parameters; given all three, no tuning is done,
         and the returned config carries the error estimate. Given alpha alone, the
         cutoffs are tuned for it.
@@ -371,17 +473,17 @@ def tune_ewald(
     positions = np.asarray(positions, dtype=np.float64)
     if alpha is not None and r_cut is not None and k_max is not None:
         cfg = EwaldConfig(float(alpha), float(r_cut), tuple(k_max), chunk=chunk)
-        err = ewald_error_estimate(q, cell, cfg, sigma)
+        err = ewald_error_estimate(q, cell, cfg, sigma, dipoles)
         return EwaldConfig(cfg.alpha, cfg.r_cut, cfg.k_max, chunk=chunk, estimated_error=err)
     if not (0.0 < accuracy < 1.0):
         raise ValueError(f"accuracy must be in (0, 1), got {accuracy}")
     volume = abs(np.linalg.det(cell))
-    scale = energy_scale(q, volume) or energy_scale(np.ones_like(q), volume)
-    crude = _tune_absolute(q, cell, 1e-3 * scale, sigma, chunk)
-    e_crude = _host_ewald_energy(positions, q, cell, crude, sigma)
+    scale = _scale(q, volume, dipoles)
+    crude = _tune_absolute(q, cell, 1e-3 * scale, sigma, chunk, dipoles=dipoles)
+    e_crude = _host_ewald_energy(positions, q, cell, crude, sigma, dipoles)
     magnitude = max(abs(e_crude) - 3.0 * crude.estimated_error, 1e-2 * scale)
     target = 0.5 * accuracy * magnitude
-    cfg = _tune_absolute(q, cell, target, sigma, chunk, alpha)
+    cfg = _tune_absolute(q, cell, target, sigma, chunk, alpha, dipoles)
     if r_cut is None:
         # crystals: the tail beyond r_cut is coherent, not random; measure it and grow
         # r_cut until it fits the real-space half of the budget
@@ -392,15 +494,12 @@ def tune_ewald(
                 break
             r *= 1.05
         if r != cfg.r_cut:
+            q2, m2 = _q2_m2(q, dipoles)
+            smax = None if sigma is None else float(np.max(sigma))
             err = (
                 cfg.estimated_error
-                - real_space_error(
-                    float(np.sum(q * q)) or float(len(q)),
-                    volume,
-                    cfg.alpha,
-                    cfg.r_cut,
-                    None if sigma is None else float(np.max(sigma)),
-                )
+                - real_space_error(q2, volume, cfg.alpha, cfg.r_cut, smax, m2)
+                + real_space_error(0.0, volume, cfg.alpha, r, smax, m2)
                 + tail
             )
             cfg = dataclasses.replace(cfg, r_cut=r, estimated_error=err)
@@ -409,8 +508,20 @@ def tune_ewald(
     if r_cut is not None:
         cfg = dataclasses.replace(cfg, r_cut=float(r_cut))
     if r_cut is not None or k_max is not None:
-        cfg = dataclasses.replace(cfg, estimated_error=ewald_error_estimate(q, cell, cfg, sigma))
+        cfg = dataclasses.replace(
+            cfg, estimated_error=ewald_error_estimate(q, cell, cfg, sigma, dipoles)
+        )
     return cfg
+
+
+def _scale(q, volume, dipoles):
+    """Energy scale: Q2 / (2 a) plus M2 / a^3 for dipoles (Gaussian units)."""
+    scale = energy_scale(q, volume)
+    m2 = _dipole_m2(dipoles)
+    if m2:
+        a = (3.0 * volume / (4.0 * math.pi * max(len(q), 1))) ** (1.0 / 3.0)
+        scale += m2 / a**3
+    return scale or energy_scale(np.ones_like(q), volume)
 
 
 # ---------------------------------------------------------------- particle-mesh Ewald
@@ -437,7 +548,7 @@ def fft_size(n: int, minimum: int = 1) -> int:
         k += 1
 
 
-def pme_mesh_error(q2, cell, alpha, mesh, order, influence="spme", self_correction=True):
+def pme_mesh_error(q2, cell, alpha, mesh, order, influence="spme", self_correction=True, m2=0.0):
     """Estimated RMS error (Gaussian units) of the PME reciprocal energy on ``mesh``.
 
     For charges placed independently and uniformly, the mesh pair interaction differs
@@ -449,8 +560,15 @@ def pme_mesh_error(q2, cell, alpha, mesh, order, influence="spme", self_correcti
     alias sums of :func:`jaxlr.kernels.pme._axis_factors`. The energy error is
     ``Q2 sqrt(<dpsi^2> / 2)`` from pairs plus, without the self correction, the mean
     self-interaction bias ``(Q2 / 2V) sum_k R (c a - 1)``. The mesh's k truncation
-    (terms beyond the zone) adds the integral bound of Ewald's truncation."""
-    from jaxlr.kernels.pme import _axis_factors, _influence_factor
+    (terms beyond the zone) adds the integral bound of Ewald's truncation.
+
+    Dipoles (``m2 = sum |mu|^2``, random orientations): each alias n of a pair term
+    carries ``(mu . k_n)``; averaging gives ``A2 = sum_n W_n^2 k_n^2`` in place of
+    ``a``, so that ``<dpsi_dd^2> = V^-2 sum R^2 [c^2 A2^2 - 2 c u0^2 k^4 + k^4] / 9``
+    and ``<dpsi_qd^2> = V^-2 sum R^2 [c^2 a A2 - 2 c u0^2 k^2 + k^2] / 3``; the
+    errors ``m2 sqrt(<dd> / 2)`` and ``sqrt(Q2 m2 <qd>)`` add in quadrature (the
+    dipoles' mean self-interaction is always removed by the kernel)."""
+    from jaxlr.kernels.pme import _alias_moments, _axis_factors, _influence_factor
 
     cell = np.asarray(cell, dtype=np.float64)
     volume = abs(np.linalg.det(cell))
@@ -470,7 +588,8 @@ def pme_mesh_error(q2, cell, alpha, mesh, order, influence="spme", self_correcti
         n = np.fft.fftfreq(mesh[a], 1.0 / mesh[a]).astype(int)
         sel = (np.abs(n) <= reach[a]) & (n % stride[a] == 0)
         c = _influence_factor(u0, aa, b2, influence)
-        tabs.append((n[sel], u0[sel], aa[sel], c[sel]))
+        mom = _alias_moments(mesh[a], order, 30) if m2 else [aa, aa, aa]
+        tabs.append((n[sel], u0[sel], aa[sel], c[sel], mom[1][sel], mom[2][sel]))
 
     def outer(i):
         return tabs[0][i][:, None, None] * tabs[1][i][None, :, None] * tabs[2][i][None, None, :]
@@ -490,26 +609,56 @@ def pme_mesh_error(q2, cell, alpha, mesh, order, influence="spme", self_correcti
     total_ms = weight * float(np.sum(r * r * (c * c * aa * aa - 2.0 * c * u0 * u0 + 1.0)))
     total_bias = weight * float(np.sum(r * (c * aa - 1.0)))
     err = q2 * math.sqrt(max(total_ms, 0.0) / 2.0) / volume
+    if m2:
+        g = recip @ recip.T
+
+        def view(v, axis):
+            return v.reshape([-1 if i == axis else 1 for i in range(3)])
+
+        a2 = 0.0
+        for p in range(3):
+            for q in range(3):
+                prod = 1.0
+                for axis in range(3):
+                    power = (axis == p) + (axis == q)
+                    prod = prod * view(tabs[axis][(2, 4, 5)[power]], axis)
+                a2 = a2 + g[p, q] * prod
+        ms_dd = weight * float(
+            np.sum(r * r * (c * c * a2 * a2 - 2.0 * c * u0 * u0 * k2 * k2 + k2 * k2)) / 9.0
+        )
+        ms_qd = weight * float(
+            np.sum(r * r * (c * c * aa * a2 - 2.0 * c * u0 * u0 * k2 + k2)) / 3.0
+        )
+        dd = m2 * math.sqrt(max(ms_dd, 0.0) / 2.0) / volume
+        qd = math.sqrt(q2 * m2 * max(ms_qd, 0.0)) / volume
+        err = math.sqrt(err * err + dd * dd + qd * qd)
     if not self_correction:
         err += abs(q2 * total_bias / (2.0 * volume))
     # outside the zone: the integral bound beyond its inscribed sphere
     k_in = min(2.0 * math.pi * (mesh[a] // 2) / host_heights(cell)[a] for a in range(3))
-    return err + q2 * alpha * erfc(k_in / (2.0 * alpha)) / math.sqrt(math.pi)
+    err += q2 * alpha * erfc(k_in / (2.0 * alpha)) / math.sqrt(math.pi)
+    return err + (_dipole_k_tail(m2, alpha, k_in) if m2 else 0.0)
 
 
-def pme_error_estimate(charges, cell, config, sigma=None) -> float:
+def pme_error_estimate(charges, cell, config, sigma=None, dipoles=None) -> float:
     """Estimated absolute energy error of a :class:`~jaxlr.kernels.PMEConfig`
     (Gaussian units): Kolafa-Perram real space plus :func:`pme_mesh_error`."""
-    q = np.asarray(charges, dtype=np.float64)
-    q2 = float(np.sum(q * q)) or float(len(q))
+    q2, m2 = _q2_m2(charges, dipoles)
     cell = np.asarray(cell, dtype=np.float64)
     volume = abs(np.linalg.det(cell))
     smax = None if sigma is None else float(np.max(sigma))
     err = pme_mesh_error(
-        q2, cell, config.alpha, config.mesh, config.order, config.influence, config.self_correction
+        q2,
+        cell,
+        config.alpha,
+        config.mesh,
+        config.order,
+        config.influence,
+        config.self_correction,
+        m2,
     )
     if config.r_cut is not None:
-        err += real_space_error(q2, volume, config.alpha, config.r_cut, smax)
+        err += real_space_error(q2, volume, config.alpha, config.r_cut, smax, m2)
     return err
 
 
@@ -523,12 +672,14 @@ def _pme_cost(n_atoms, volume, heights, r_cut, mesh, order):
     return _cost(n_atoms, volume, heights, r_cut, 0) + mesh_cost
 
 
-def _tune_pme_absolute(charges, cell, target, sigma, orders, alpha=None, influences=None):
+def _tune_pme_absolute(
+    charges, cell, target, sigma, orders, alpha=None, influences=None, dipoles=None
+):
     from jaxlr.kernels.pme import PMEConfig
 
     q = np.asarray(charges, dtype=np.float64)
     n = len(q)
-    q2 = float(np.sum(q * q)) or float(n)
+    q2, m2 = _q2_m2(q, dipoles)
     volume = abs(np.linalg.det(cell))
     smax = None if sigma is None else float(np.max(sigma))
     heights = host_heights(cell)
@@ -539,7 +690,7 @@ def _tune_pme_absolute(charges, cell, target, sigma, orders, alpha=None, influen
         [alpha]
         if alpha is not None
         else [
-            _alpha_for_rcut(q2, volume, rc, 0.5 * target, smax)
+            _alpha_for_rcut(q2, volume, rc, 0.5 * target, smax, m2)
             for rc in rho ** (-1.0 / 3.0) * np.geomspace(1.6, 12.0, 12)
         ]
     )
@@ -547,29 +698,29 @@ def _tune_pme_absolute(charges, cell, target, sigma, orders, alpha=None, influen
     for a in alphas:
         if a is None:
             continue
-        r_cut = _rcut_for(q2, volume, a, 0.5 * target, smax)
+        r_cut = _rcut_for(q2, volume, a, 0.5 * target, smax, m2)
         for order in orders:
             for influence in influences or (("spme",) if order % 2 == 0 else ("p3m",)):
                 # error ~ h^order: two secant steps on log h, then walk up the sizes
                 h = 1.0 / a
                 for _ in range(3):
                     mesh = _mesh_for_spacing(lengths, h, order)
-                    err = pme_mesh_error(q2, cell, a, mesh, order, influence)
+                    err = pme_mesh_error(q2, cell, a, mesh, order, influence, m2=m2)
                     h_used = max(lengths[i] / mesh[i] for i in range(3))
                     h = h_used * (0.45 * target / max(err, 1e-300)) ** (1.0 / order)
                 mesh = _mesh_for_spacing(lengths, h, order)
-                err = pme_mesh_error(q2, cell, a, mesh, order, influence)
+                err = pme_mesh_error(q2, cell, a, mesh, order, influence, m2=m2)
                 for _ in range(30):
                     if err <= 0.5 * target:
                         break
                     h *= 0.95
                     mesh = _mesh_for_spacing(lengths, h, order)
-                    err = pme_mesh_error(q2, cell, a, mesh, order, influence)
+                    err = pme_mesh_error(q2, cell, a, mesh, order, influence, m2=m2)
                 else:
                     continue
                 cost = _pme_cost(n, volume, heights, r_cut, mesh, order)
                 if best is None or cost < best[0]:
-                    total = err + real_space_error(q2, volume, a, r_cut, smax)
+                    total = err + real_space_error(q2, volume, a, r_cut, smax, m2)
                     best = (cost, PMEConfig(float(a), mesh, order, float(r_cut), influence), total)
     if best is None:
         raise ValueError("no PME mesh reaches the requested accuracy; use method='ewald'")
@@ -577,24 +728,24 @@ def _tune_pme_absolute(charges, cell, target, sigma, orders, alpha=None, influen
     return dataclasses.replace(cfg, estimated_error=err), cost
 
 
-def _alpha_for_rcut(q2, volume, r_cut, target, sigma_max):
+def _alpha_for_rcut(q2, volume, r_cut, target, sigma_max, m2=0.0):
     """alpha at which the Kolafa-Perram real-space error at r_cut meets target."""
 
     def err(alpha):
-        return real_space_error(q2, volume, alpha, r_cut, sigma_max)
+        return real_space_error(q2, volume, alpha, r_cut, sigma_max, m2)
 
     if err(50.0 / r_cut) > target:
         return None
     return _bisect_decreasing(err, 0.5 / r_cut, 50.0 / r_cut, target)
 
 
-def _relative_target(positions, q, cell, accuracy, sigma):
+def _relative_target(positions, q, cell, accuracy, sigma, dipoles=None):
     """Absolute target (Gaussian units) for a relative ``accuracy``: a cheap host
     Ewald pass estimates |E|, floored at 1e-2 of the natural energy scale."""
     volume = abs(np.linalg.det(cell))
-    scale = energy_scale(q, volume) or energy_scale(np.ones_like(q), volume)
-    crude = _tune_absolute(q, cell, 1e-2 * scale, sigma, 256)
-    e_crude = _host_ewald_energy(positions, q, cell, crude, sigma)
+    scale = _scale(q, volume, dipoles)
+    crude = _tune_absolute(q, cell, 1e-2 * scale, sigma, 256, dipoles=dipoles)
+    e_crude = _host_ewald_energy(positions, q, cell, crude, sigma, dipoles)
     magnitude = max(abs(e_crude) - 3.0 * crude.estimated_error, 1e-2 * scale)
     return 0.5 * accuracy * magnitude
 
@@ -624,6 +775,7 @@ def tune_pme(
     mesh=None,
     order=None,
     influence=None,
+    dipoles=None,
 ):
     """Choose PME parameters for a requested relative energy accuracy (host, numpy).
 
@@ -636,7 +788,7 @@ def tune_pme(
     at the Nyquist frequency. Both subtract the mean self-interaction.
 
     Args:
-      positions, charges, cell, accuracy, sigma: as :func:`tune_ewald`.
+      positions, charges, cell, accuracy, sigma, dipoles: as :func:`tune_ewald`.
       orders: spline orders to consider.
       alpha, r_cut, mesh, order, influence: explicit parameters. Given alpha, r_cut,
         mesh and order, no tuning is done; the config carries the error estimate.
@@ -657,11 +809,20 @@ def tune_pme(
             raise ValueError(f"order must be in 3..12, got {o}")
     if alpha is not None and r_cut is not None and mesh is not None and order is not None:
         cfg = PMEConfig(float(alpha), tuple(mesh), int(order), float(r_cut), influence or "spme")
-        return dataclasses.replace(cfg, estimated_error=pme_error_estimate(q, cell, cfg, sigma))
-    target = _relative_target(positions, q, cell, accuracy, sigma)
+        return dataclasses.replace(
+            cfg, estimated_error=pme_error_estimate(q, cell, cfg, sigma, dipoles)
+        )
+    target = _relative_target(positions, q, cell, accuracy, sigma, dipoles)
     orders = tuple(orders) if order is None else (int(order),)
     cfg, _ = _tune_pme_absolute(
-        q, cell, target, sigma, orders, alpha, None if influence is None else (influence,)
+        q,
+        cell,
+        target,
+        sigma,
+        orders,
+        alpha,
+        None if influence is None else (influence,),
+        dipoles,
     )
     if r_cut is None:
         r, tail = _grow_rcut_for_tail(positions, q, cell, cfg.alpha, cfg.r_cut, 0.5 * target, sigma)
@@ -671,7 +832,9 @@ def tune_pme(
         cfg = dataclasses.replace(cfg, r_cut=float(r_cut))
     if mesh is not None:
         cfg = dataclasses.replace(cfg, mesh=tuple(int(k) for k in mesh))
-    return dataclasses.replace(cfg, estimated_error=pme_error_estimate(q, cell, cfg, sigma))
+    return dataclasses.replace(
+        cfg, estimated_error=pme_error_estimate(q, cell, cfg, sigma, dipoles)
+    )
 
 
 def pme_cost(n_atoms, cell, config) -> float:
