@@ -58,6 +58,9 @@ __all__ = [
     "solve_induced_dense",
     "solve_induced_matrix_free",
     "induction_energy",
+    "thole_correction",
+    "pair_tensor_field",
+    "pair_charge_field",
 ]
 
 _SQRT_PI = 1.7724538509055159
@@ -308,3 +311,51 @@ def induction_energy(dipoles, field, applied_field, prefactor=COULOMB):
     At the solution (``A mu = E0 / k``) it equals ``-1/2 mu.E0``; its first
     derivatives do not feel the solver's error to first order."""
     return 0.5 * prefactor * jnp.sum(dipoles * applied_field) - jnp.sum(dipoles * field)
+
+
+# ------------------------------------------------------- periodic: pair corrections
+
+
+def thole_correction(r_vec, alpha_i, alpha_j, thole, mask):
+    """Short-range difference between damped and bare interactions over pairs.
+
+    Returns ``(dT, dh)``: (P, 3, 3) ``T_thole - T_bare`` (1/Å^3) and (P,)
+    ``(lambda3 - 1) / r^3`` (the charge-field factor), 0 where ``mask`` is False.
+    Both decay as ``exp(-a r^3 / sqrt(alpha_i alpha_j))``: summed over the pairs
+    within the Thole range they turn a bare periodic (Ewald / PME) field into the
+    damped one."""
+    r2 = jnp.sum(r_vec * r_vec, axis=-1)
+    apart = mask & (r2 > 0)
+    inv3, inv5 = _radial(r2, apart, alpha_i, alpha_j, thole)
+    bare3, bare5 = _radial(r2, apart, alpha_i, alpha_j, None)
+    d3 = jnp.where(apart, inv3 - bare3, 0.0)
+    d5 = jnp.where(apart, inv5 - bare5, 0.0)
+    eye = jnp.eye(3, dtype=r_vec.dtype)
+    outer = r_vec[..., :, None] * r_vec[..., None, :]
+    return 3.0 * d5[..., None, None] * outer - d3[..., None, None] * eye, d3
+
+
+def pair_tensor_field(tensors, dipoles, pairs, n_atoms):
+    """(N, 3) ``sum_pairs t_ij mu_j`` (and ``t_ij mu_i`` onto j for a half list;
+    the tensors are even in r_ij)."""
+    out = jax.ops.segment_sum(
+        jnp.einsum("pab,pb->pa", tensors, dipoles[pairs.j]), pairs.i, num_segments=n_atoms
+    )
+    if pairs.half:
+        out = out + jax.ops.segment_sum(
+            jnp.einsum("pab,pb->pa", tensors, dipoles[pairs.i]), pairs.j, num_segments=n_atoms
+        )
+    return out
+
+
+def pair_charge_field(factors, r_vec, charges, pairs, n_atoms):
+    """(N, 3) ``sum_pairs q_j h_ij (R_i - R_j)`` over pairs (r_ij = R_j - R_i),
+    both directions for a half list."""
+    out = jax.ops.segment_sum(
+        -(factors * charges[pairs.j])[:, None] * r_vec, pairs.i, num_segments=n_atoms
+    )
+    if pairs.half:
+        out = out + jax.ops.segment_sum(
+            (factors * charges[pairs.i])[:, None] * r_vec, pairs.j, num_segments=n_atoms
+        )
+    return out
