@@ -440,3 +440,20 @@ def test_periodic_against_numpy_ewald():
             2 * h
         )
         np.testing.assert_allclose(float(g_fixed[i, k]), fd, rtol=1e-6, atol=1e-9)
+
+
+def test_public_names_and_periodic_errors():
+    assert jaxlr.induction is induction
+    for name in induction.__all__:
+        assert getattr(induction, name) is not None
+    pos, alpha, q = molecule(3)
+    cell = 6.0 * np.eye(3)
+    with pytest.raises(NotImplementedError, match="sigma"):
+        induction.prepare(pos, cell, polarizability=alpha, sigma=0.5)
+    with pytest.raises(ValueError, match="polarizability"):
+        induction.prepare(pos, cell)
+    with pytest.raises(ValueError, match="pbc"):
+        induction.prepare(pos, pbc=(True, True, True))
+    solver = induction.prepare(pos, cell, polarizability=alpha)
+    with pytest.raises(ValueError, match="pass cell"):
+        solver.solve(jnp.asarray(pos), alpha, q)
