@@ -263,10 +263,10 @@ def test_hellmann_feynman_forces():
     p0 = jnp.asarray(pos)
     mu0 = jax.jit(solver.solve)(p0, alpha, q, field).dipoles
     g_total = np.asarray(jax.jit(jax.grad(total))(p0))
-    g_fixed = np.asarray(jax.grad(at_fixed_dipoles)(p0, mu0))
+    g_fixed = np.asarray(jax.jit(jax.grad(at_fixed_dipoles))(p0, mu0))
     np.testing.assert_allclose(g_total, g_fixed, atol=1e-12 * np.abs(g_fixed).max())
     # the energy is stationary in the dipoles
-    g_mu = np.asarray(jax.grad(at_fixed_dipoles, argnums=1)(p0, mu0))
+    g_mu = np.asarray(jax.jit(jax.grad(at_fixed_dipoles, argnums=1))(p0, mu0))
     assert np.abs(g_mu).max() < 1e-12
     # the public energy's gradient, against central differences
     g_api = np.asarray(jax.grad(lambda p: induction.energy(p, alpha, charges=q, field=field))(p0))
@@ -298,11 +298,7 @@ def test_gradients_against_finite_differences():
 
     args = [jnp.asarray(alpha), jnp.asarray(q), jnp.asarray(field)]
     h = 1e-6
-    for fn in (
-        jax.jit(lambda *a: dipole(*a, "dense")),
-        jax.jit(lambda *a: dipole(*a, "matrix_free")),
-        jax.jit(en),
-    ):
+    for fn in (jax.jit(lambda *a: dipole(*a, "dense")), jax.jit(en)):
         grads = jax.jit(jax.grad(fn, argnums=(0, 1, 2)))(*args)
         for k, g in enumerate(grads):
             for idx in range(args[k].shape[0]):
@@ -408,38 +404,24 @@ def test_bad_input():
 
 @pytest.mark.slow
 def test_periodic_against_numpy_ewald():
-    """A tiny triclinic cell (Thole range > cell: own images are damped too) against
-    a dense solve built from an independent Ewald sum; dense == matrix-free;
-    Hellmann-Feynman forces."""
+    """A tiny triclinic cell (the Thole range exceeds the cell: each atom's own
+    images are damped too) against a dense solve built from an independent Ewald
+    sum plus Thole's correction over all images: the matrix-free periodic route.
+    (Compiling the Ewald dipolar field dominates this test's time.)"""
     cell = np.array([[3.0, 0.0, 0.0], [0.4, 3.2, 0.0], [0.3, -0.2, 3.5]])
     pos = np.random.default_rng(0).uniform(0, 3, (3, 3))
     q = np.array([0.5, -0.2, -0.3])
     alpha = np.array([1.0, 0.8, 1.2])
     field = np.array([0.1, 0.0, -0.2])
-    ref, u_ref, m = numpy_periodic(pos, cell, alpha, q, field, A_THOLE)
+    ref, u_ref, _ = numpy_periodic(pos, cell, alpha, q, field, A_THOLE)
     solver = induction.prepare(pos, cell, polarizability=alpha, accuracy=1e-9)
     assert solver.thole_cutoff > 3.5
     c = jnp.asarray(cell)
-    np.testing.assert_allclose(np.asarray(solver.matrix(jnp.asarray(pos), alpha, c)), m, atol=1e-8)
-    runs = {}
-    for method in ("dense", "matrix_free"):
-        runs[method] = jax.jit(lambda p, m=method: solver.solve(p, alpha, q, field, c, method=m))
-        result = runs[method](jnp.asarray(pos))
-        assert bool(result.ok)
-        np.testing.assert_allclose(np.asarray(result.dipoles), ref, atol=1e-9)
-        np.testing.assert_allclose(float(result.energy), u_ref, rtol=1e-8)
-    # Hellmann-Feynman in the cell: the force at fixed dipoles is the total
-    # derivative (central differences of the solved energy)
-    mu0 = runs["dense"](jnp.asarray(pos)).dipoles
-    g_fixed = jax.jit(jax.grad(lambda p: solver.energy(p, alpha, mu0, q, field, c)))(pos)
-    h = 1e-5
-    for i, k in ((0, 0), (1, 2), (2, 1)):
-        dp = np.zeros_like(pos)
-        dp[i, k] = h
-        fd = (float(runs["dense"](pos + dp).energy) - float(runs["dense"](pos - dp).energy)) / (
-            2 * h
-        )
-        np.testing.assert_allclose(float(g_fixed[i, k]), fd, rtol=1e-6, atol=1e-9)
+    run = jax.jit(lambda p: solver.solve(p, alpha, q, field, c, method="matrix_free"))
+    result = run(jnp.asarray(pos))
+    assert bool(result.ok) and int(result.iterations) > 0
+    np.testing.assert_allclose(np.asarray(result.dipoles), ref, atol=1e-9)
+    np.testing.assert_allclose(float(result.energy), u_ref, rtol=1e-8)
 
 
 def test_public_names_and_periodic_errors():
