@@ -26,6 +26,12 @@ negative curvature. Both are implicitly differentiated: gradients with respect t
 positions, polarizabilities, charges, widths and the external field cost one more
 solve, and the energy's gradient at the solution equals its partial derivative at
 fixed dipoles (Hellmann-Feynman).
+
+In a periodic cell the dipolar field is the Ewald / PME lattice sum of
+:meth:`jaxlr.PreparedEnergy.field_operator` (tin-foil boundary, own images
+included) plus the short-range Thole correction over the pairs within
+:func:`thole_range`; a periodic solve is tuned on the host, so under jit use
+:func:`prepare` outside and the pure ``.solve`` of the result inside.
 """
 
 from __future__ import annotations
