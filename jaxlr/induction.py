@@ -545,6 +545,8 @@ def _solve(
     )
     pos = jnp.asarray(positions)
     dtype = pos.dtype
+    if tol is None:
+        tol = 1e-8 if jnp.finfo(dtype).bits == 64 else 1e-5
     result = _runner(solver)(
         pos,
         jnp.asarray(polarizability, dtype),
@@ -573,7 +575,7 @@ def solve(
     pbc=None,
     method="auto",
     accuracy=1e-6,
-    tol=1e-8,
+    tol=None,
     max_iter=500,
 ):
     """Induced dipoles (N, 3) in e·Å: ``(1/alpha - T) mu = E0 / COULOMB``.
@@ -598,7 +600,8 @@ def solve(
         ``DENSE_MAX_PERIODIC`` in a cell), "dense" (Cholesky of the 3N x 3N
         matrix) or "matrix_free" (preconditioned CG on the dipole-field mat-vec).
       accuracy: relative accuracy of the periodic field (Ewald / PME tuning).
-      tol, max_iter: relative residual and iteration limit of the matrix-free path.
+      tol, max_iter: relative residual and iteration limit of the matrix-free path
+        (default tol: 1e-8 in float64, 1e-5 in float32).
 
     Returns:
       (N, 3) induced dipoles in e·Å, dtype of ``positions``.
@@ -647,7 +650,7 @@ def energy(
     pbc=None,
     method="auto",
     accuracy=1e-6,
-    tol=1e-8,
+    tol=None,
     max_iter=500,
 ):
     """Induction energy (eV) at the induced dipoles: ``-1/2 mu.E0`` (arguments as

@@ -378,6 +378,11 @@ def test_jit_no_recompile_vmap_and_float32():
     assert mu32.dtype == jnp.float32
     mu64 = induction.solve(pos, alpha, charges=q)
     np.testing.assert_allclose(np.asarray(mu32), np.asarray(mu64), rtol=2e-4, atol=1e-6)
+    mf32 = induction.solve(
+        pos.astype(np.float32), alpha.astype(np.float32), charges=q, method="matrix_free"
+    )
+    assert mf32.dtype == jnp.float32
+    np.testing.assert_allclose(np.asarray(mf32), np.asarray(mu64), rtol=1e-3, atol=1e-5)
 
 
 def test_bad_input():
