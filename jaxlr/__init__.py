@@ -1,6 +1,6 @@
 """jaxlr: long-range electrostatics for atomistic machine learning in JAX."""
 
-from jaxlr import cell, kernels, lode, neighbors, qeq, response, units
+from jaxlr import cell, induction, kernels, lode, neighbors, qeq, response, units
 from jaxlr._api import (
     PreparedEnergy,
     electrostatic_energy,
@@ -21,6 +21,7 @@ __all__ = [
     "electrostatic_potential",
     "electrostatic_field",
     "energy_forces_stress",
+    "induction",
     "kernels",
     "lode",
     "neighbors",

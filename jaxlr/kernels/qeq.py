@@ -133,35 +133,44 @@ def qeq_energy(charges, electronegativity, hardness, coulomb, prefactor=COULOMB)
     )
 
 
-def conjugate_gradient(matvec, rhs, precond, *, tol=1e-8, max_iter=500, x0=None):
+def conjugate_gradient(matvec, rhs, precond, *, tol=1e-8, max_iter=500, x0=None, curvature=False):
     """Preconditioned conjugate gradient for a symmetric positive-definite operator.
 
     Stops when ``|r| <= tol |rhs|``. Returns ``(x, iterations, relative_residual)``;
     runs under jit (a ``lax.while_loop``). Do not differentiate through it: wrap it
-    in ``jax.lax.custom_linear_solve`` (see :func:`solve_matrix_free`)."""
+    in ``jax.lax.custom_linear_solve`` (see :func:`solve_matrix_free`).
+
+    With ``curvature=True`` it also returns the smallest ``p.Ap / p.p`` over its
+    search directions p: a non-positive value proves that the operator is not
+    positive definite (the iterations then do not minimise anything)."""
     x = jnp.zeros_like(rhs) if x0 is None else x0
     r = rhs - matvec(x)
     z = precond(r)
     p = z
     rz = jnp.vdot(r, z)
     norm_b = jnp.maximum(jnp.linalg.norm(rhs), jnp.finfo(rhs.dtype).tiny)
+    big = jnp.asarray(jnp.inf, rhs.dtype)
 
     def cond(state):
-        _, r, _, _, k = state
+        _, r, _, _, k, _ = state
         return (jnp.linalg.norm(r) > tol * norm_b) & (k < max_iter)
 
     def body(state):
-        x, r, p, rz, k = state
+        x, r, p, rz, k, low = state
         ap = matvec(p)
-        step = rz / jnp.vdot(p, ap)
+        pap = jnp.vdot(p, ap)
+        low = jnp.minimum(low, pap / jnp.maximum(jnp.vdot(p, p), jnp.finfo(rhs.dtype).tiny))
+        step = rz / pap
         x = x + step * p
         r = r - step * ap
         z = precond(r)
         rz_new = jnp.vdot(r, z)
         p = z + (rz_new / rz) * p
-        return x, r, p, rz_new, k + 1
+        return x, r, p, rz_new, k + 1, low
 
-    x, r, _, _, k = jax.lax.while_loop(cond, body, (x, r, p, rz, jnp.asarray(0)))
+    x, r, _, _, k, low = jax.lax.while_loop(cond, body, (x, r, p, rz, jnp.asarray(0), big))
+    if curvature:
+        return x, k, jnp.linalg.norm(r) / norm_b, low
     return x, k, jnp.linalg.norm(r) / norm_b
 
 
