@@ -7,6 +7,7 @@ import pytest
 from scipy.special import erf
 
 import jaxlr
+from jaxlr import train
 from jaxlr.data import Frame
 from jaxlr.data.reference import water_cluster
 from jaxlr.models import WannierCentres, build
@@ -170,3 +171,30 @@ def test_atomic_dipoles_only_for_local_charge_models():
     m = _dipole_model()
     again = build("latent_dipoles", **m.hyper)
     assert again.atomic_dipoles and again.hyper == m.hyper
+
+
+def test_wannier_model_trains_on_centroids_saves_and_reloads(tmp_path):
+    from jaxlr.data import datasets
+
+    frames = [f for f in datasets.load("water_wannier") if f.n_atoms <= 6][:12]
+    assert all(f.wannier_centres is not None for f in frames)
+    args = {"features": 8, "n_layers": 1, "n_basis": 6, "hidden": 8, "sigma": 0.5}
+    cfg = {
+        "model": "wannier",
+        "model_args": args,
+        "epochs": 4,
+        "batch_size": 4,
+        "n_buckets": 1,
+        "learning_rate": 1e-2,
+        "split": (1.0, 0.0, 0.0),
+        "weights": {"energy": 0.0, "forces": 0.0, "wannier_centres": 1e4},
+    }
+    before = train.metrics_from(predict_frames(WannierCentres(**args), frames), frames)
+    run = train.fit(frames, cfg, tmp_path / "run", progress=False, test_frames=frames)
+    after = run["metrics"]["wannier_centres"]["rmse"]
+    assert after < 0.5 * before["wannier_centres"]["rmse"]
+    loaded = train.load(tmp_path / "run")
+    a, b = (predict_frames(m, frames[:3]) for m in (run["model"], loaded))
+    for p, q in zip(a, b):
+        np.testing.assert_allclose(p["wannier_centres"], q["wannier_centres"], atol=1e-12)
+        np.testing.assert_allclose(p["dipole"], q["dipole"], atol=1e-12)
