@@ -356,8 +356,11 @@ def _configure(pos, q, cell_np, method, accuracy, sig, config):
     if config is not None:
         method = "pme" if isinstance(config, PMEConfig) else "ewald"
         if config.estimated_error is None:
-            estimate = pme_error_estimate if method == "pme" else ewald_error_estimate
-            config = dataclasses.replace(config, estimated_error=estimate(q, cell_np, config, sig))
+            if method == "pme":
+                estimate = pme_error_estimate(q, cell_np, config, sig, positions=pos)
+            else:
+                estimate = ewald_error_estimate(q, cell_np, config, sig)
+            config = dataclasses.replace(config, estimated_error=estimate)
         return config, method
     if method == "ewald":
         return tune_ewald(pos, q, cell_np, accuracy=accuracy, sigma=sig), "ewald"
