@@ -810,7 +810,10 @@ def tune_pme(
     weights, FFT points; not timings, so the choice is deterministic) whose estimated
     error (:func:`pme_error_estimate`) meets the target. Even orders use SPME's
     influence function, odd orders the optimal (P3M) one, which avoids SPME's zero
-    at the Nyquist frequency. Both subtract the mean self-interaction.
+    at the Nyquist frequency. Both subtract the mean self-interaction. Candidates
+    are then checked, cheapest first, on the example structure
+    (:func:`pme_structure_error`: crystals make the mesh error coherent); one over
+    the target gets a finer mesh and goes back in line.
 
     Args:
       positions, charges, cell, accuracy, sigma: as :func:`tune_ewald`.
