@@ -449,10 +449,11 @@ def _configure(pos, q, cell_np, method, accuracy, sig, config, mu=None):
     if config is not None:
         method = "pme" if isinstance(config, PMEConfig) else "ewald"
         if config.estimated_error is None:
-            estimate = pme_error_estimate if method == "pme" else ewald_error_estimate
-            config = dataclasses.replace(
-                config, estimated_error=estimate(q, cell_np, config, sig, mu)
-            )
+            if method == "pme":
+                estimate = pme_error_estimate(q, cell_np, config, sig, mu, positions=pos)
+            else:
+                estimate = ewald_error_estimate(q, cell_np, config, sig, mu)
+            config = dataclasses.replace(config, estimated_error=estimate)
         return config, method
     kw = dict(accuracy=accuracy, sigma=sig, dipoles=mu)
     if method == "ewald":
