@@ -14,7 +14,6 @@ import pytest
 import jaxlr
 from jaxlr.kernels import (
     EwaldConfig,
-    PMEConfig,
     coulomb_energy,
     coulomb_field,
     ewald_energy,
@@ -210,7 +209,9 @@ def test_simple_cubic_parallel_dipoles(method):
         e = jaxlr.electrostatic_energy(
             np.zeros((1, 3)), None, cell, dipoles=mu, method=method, accuracy=1e-10, prefactor=1.0
         )
-        np.testing.assert_allclose(float(e), -2.0 * math.pi * float(mu[0] @ mu[0]) / (3 * a**3), rtol=1e-8)
+        np.testing.assert_allclose(
+            float(e), -2.0 * math.pi * float(mu[0] @ mu[0]) / (3 * a**3), rtol=1e-8
+        )
     # a 2x2x2 supercell holds 8 times the energy
     pos = a * np.array(list(itertools.product([0, 1], repeat=3)), float)
     mus = np.tile(mu, (8, 1))
@@ -225,8 +226,14 @@ def test_forces_stress_and_dipole_gradient_by_finite_differences(method):
     pos, q, mu, sig = system(6, seed=4)
     cell = None if method == "direct" else jnp.asarray(CELL)
     fn = jaxlr.prepare_energy(
-        pos, q, None if cell is None else CELL, dipoles=mu, sigma=sig, method=method,
-        accuracy=1e-10, prefactor=1.0,
+        pos,
+        q,
+        None if cell is None else CELL,
+        dipoles=mu,
+        sigma=sig,
+        method=method,
+        accuracy=1e-10,
+        prefactor=1.0,
     )
     pos, q, mu = jnp.asarray(pos), jnp.asarray(q), jnp.asarray(mu)
     e, f, stress = jaxlr.energy_forces_stress(lambda p, c: fn(p, q, c, mu), pos, cell)
@@ -291,7 +298,9 @@ def test_field_definitions():
         np.testing.assert_allclose(f, -(g - self_grad), rtol=1e-9, atol=1e-12)
         # E = 1/2 sum q phi - 1/2 sum mu . field + Gaussian dipole self energy
         e = energy(*args, dipoles=mm, **kw)
-        phi = jax.grad(lambda c, kw=kw, energy=energy: energy(p, c, *args[2:], dipoles=mm, **kw))(qq)
+        phi = jax.grad(lambda c, kw=kw, energy=energy: energy(p, c, *args[2:], dipoles=mm, **kw))(
+            qq
+        )
         self_e = jnp.sum(jnp.sum(mm * mm, 1) / (12 * SQRT_PI * jnp.asarray(sig) ** 3))
         np.testing.assert_allclose(
             float(e), float(0.5 * qq @ phi - 0.5 * jnp.sum(mm * f) + self_e), rtol=1e-10
@@ -303,14 +312,22 @@ def test_field_operator_is_linear_jittable_and_matches(method):
     pos, q, mu, sig = system(6, seed=7)
     cell = None if method == "direct" else CELL
     fn = jaxlr.prepare_energy(pos, q, cell, dipoles=mu, sigma=sig, method=method, prefactor=1.0)
-    field_fn, overflow = fn.field_operator(jnp.asarray(pos), None if cell is None else jnp.asarray(cell))
+    field_fn, overflow = fn.field_operator(
+        jnp.asarray(pos), None if cell is None else jnp.asarray(cell)
+    )
     assert not bool(overflow)
     f = jax.jit(field_fn)(jnp.asarray(q), jnp.asarray(mu))
-    np.testing.assert_allclose(f, jax.jit(field_fn)(jnp.asarray(q), None) + field_fn(None, jnp.asarray(mu)), atol=1e-12)
+    np.testing.assert_allclose(
+        f, jax.jit(field_fn)(jnp.asarray(q), None) + field_fn(None, jnp.asarray(mu)), atol=1e-12
+    )
     np.testing.assert_allclose(f, fn.field(pos, q, cell, mu), atol=1e-12)
     np.testing.assert_allclose(
-        f, jaxlr.electrostatic_field(pos, q, cell, dipoles=mu, sigma=sig, method=method, prefactor=1.0),
-        rtol=1e-5, atol=1e-8,
+        f,
+        jaxlr.electrostatic_field(
+            pos, q, cell, dipoles=mu, sigma=sig, method=method, prefactor=1.0
+        ),
+        rtol=1e-5,
+        atol=1e-8,
     )
     # vmap over a batch of dipoles
     batch = jnp.stack([jnp.asarray(mu), 2.0 * jnp.asarray(mu)])
@@ -375,7 +392,9 @@ def test_tuner_meets_dipolar_accuracy(charged):
     q = rng.normal(size=n) if charged else np.zeros(n)
     q -= q.mean()
     mu = 0.5 * rng.normal(size=(n, 3))
-    ref = float(ewald(pos, q, mu, cell, config=tune_ewald(pos, q, cell, accuracy=1e-13, dipoles=mu)))
+    ref = float(
+        ewald(pos, q, mu, cell, config=tune_ewald(pos, q, cell, accuracy=1e-13, dipoles=mu))
+    )
     for accuracy in (1e-4, 1e-6):
         for method in ("ewald", "pme"):
             e = jaxlr.electrostatic_energy(
@@ -397,7 +416,9 @@ def test_slab_correction_carries_the_dipoles():
         periodic = np.asarray(slab_cell(jnp.asarray(cell), length))
         cfg = tune_ewald(pos, q, periodic, accuracy=1e-11, dipoles=mu)
         e = ewald(pos, q, mu, periodic, config=cfg)
-        e = e + slab_correction(jnp.asarray(pos), jnp.asarray(q), jnp.asarray(cell), length, None, jnp.asarray(mu))
+        e = e + slab_correction(
+            jnp.asarray(pos), jnp.asarray(q), jnp.asarray(cell), length, None, jnp.asarray(mu)
+        )
         energies.append(float(e))
     np.testing.assert_allclose(energies[0], energies[1], rtol=2e-6)
     # and the public route agrees
