@@ -703,20 +703,24 @@ def _tune_pme_absolute(
             for influence in influences or (("spme",) if order % 2 == 0 else ("p3m",)):
                 # error ~ h^order: two secant steps on log h, then walk up the sizes
                 h = 1.0 / a
+                # spacings below 1 / (8 alpha) resolve k far past exp(-k^2/4a^2) ~ 1e-16:
+                # an error estimate still above target there is its rounding floor
+                h_min = 1.0 / (8.0 * a)
                 for _ in range(3):
                     mesh = _mesh_for_spacing(lengths, h, order)
                     err = pme_mesh_error(q2, cell, a, mesh, order, influence, m2=m2)
                     h_used = max(lengths[i] / mesh[i] for i in range(3))
                     h = h_used * (0.45 * target / max(err, 1e-300)) ** (1.0 / order)
+                    h = max(h, h_min)
                 mesh = _mesh_for_spacing(lengths, h, order)
                 err = pme_mesh_error(q2, cell, a, mesh, order, influence, m2=m2)
                 for _ in range(30):
-                    if err <= 0.5 * target:
+                    if err <= 0.5 * target or h < h_min:
                         break
                     h *= 0.95
                     mesh = _mesh_for_spacing(lengths, h, order)
                     err = pme_mesh_error(q2, cell, a, mesh, order, influence, m2=m2)
-                else:
+                if err > 0.5 * target:
                     continue
                 cost = _pme_cost(n, volume, heights, r_cut, mesh, order)
                 if best is None or cost < best[0]:
