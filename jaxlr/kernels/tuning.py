@@ -367,6 +367,8 @@ def _host_ewald_energy(positions, charges, cell, config, sigma, dipoles=None):
     volume = abs(np.linalg.det(cell))
     i, j, S = _host_pairs(positions, config.r_cut, cell, (True,) * 3, True)
     r = np.linalg.norm(positions[j] - positions[i] + S @ cell, axis=1)
+    apart = r > 0.0  # coincident (padding) atoms carry nothing
+    i, j, S, r = i[apart], j[apart], S[apart], r[apart]
     v = erfc(config.alpha * r) / r
     sig = None if sigma is None else np.broadcast_to(np.asarray(sigma, np.float64), q.shape)
     if sig is not None:
