@@ -181,6 +181,9 @@ def main(argv=None):
     parser.add_argument("--target", type=float, default=1e-5)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument(
+        "--torch-mem-gib", type=float, default=4.0, help="skip torch-pme above this estimate"
+    )
     args = parser.parse_args(argv)
     os.environ.setdefault("XLA_FLAGS", "")
     import jax
@@ -192,7 +195,7 @@ def main(argv=None):
     print(f"target relative energy error {args.target:g}; float64; energy + forces\n")
     rows = []
     for n in (int(x) for x in args.sizes.split(",")):
-        rows += bench(n, args.target, args.repeats)
+        rows += bench(n, args.target, args.repeats, args.torch_mem_gib * 2**30)
     headers = ["N", "method", "parameters", "E err", "F err", "time", "time / best jaxlr"]
     table = [
         [r[0], r[1], r[2], C.fmt_sci(r[3]), C.fmt_sci(r[4]), C.fmt_s(r[5]), f"{r[6]:.2f}"]
