@@ -82,18 +82,18 @@ def pair_kernel(r_vec, mask, s2=None):
     return jnp.where(mask, v, 0.0)
 
 
-#: series terms of erf(x r) / r in powers of u = (x r)^2, used below x r = 1
-_ERF_SERIES = 18
+#: series terms of erf(x r) / r in powers of u = (x r)^2, used below x r = 1/2
+_ERF_SERIES = 13
 
 
 def erf_kernel(r2, x):
     """(v, B, C) of v(r) = erf(x r) / r: ``B = -v'/r``, ``C = -B'/r``; x > 0.
 
-    Below ``x r = 1`` a power series in ``(x r)^2`` (no sqrt, no cancellation), so the
+    Below ``x r = 1/2`` a power series in ``(x r)^2`` (no sqrt, no cancellation), so the
     values, and their derivatives to any order, are finite and accurate down to
     r = 0, where ``(v, B, C) = 2x/sqrt(pi) (1, 2x^2/3, 4x^4/5)``."""
     u = x * x * r2
-    small = u < 1.0
+    small = u < 0.25
     # series: v = 2x/sqrt(pi) sum_n c_n u^n, c_n = (-1)^n / (n! (2n + 1))
     us = jnp.where(small, u, 0.0)
     v_s = b_s = c_s = 0.0
@@ -108,7 +108,7 @@ def erf_kernel(r2, x):
     x2 = x * x
     v_s, b_s, c_s = pre * v_s, -2.0 * x2 * pre * b_s, 4.0 * x2 * x2 * pre * c_s
     # closed form away from 0
-    r = jnp.sqrt(jnp.where(small, 1.0 / x2, r2))
+    r = jnp.sqrt(jnp.where(small, 0.25 / x2, r2))
     xr = x * r
     erf = jax.scipy.special.erf(xr)
     g = (2.0 / _SQRT_PI) * xr * jnp.exp(-xr * xr)

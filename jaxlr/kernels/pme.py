@@ -260,6 +260,7 @@ def _mesh_tables(mesh, order, influence="spme"):
 _PAIRS_AB = ((0, 0), (1, 1), (2, 2), (0, 1), (0, 2), (1, 2))
 
 
+@functools.lru_cache(maxsize=256)
 def _alias_moments(k_mesh, order, n_alias=400):
     """Per-axis alias sums ``sum_j xi_j^t W(xi_j / K)^2``, t = 0, 1, 2, with
     ``xi_j = n + K j`` over the aliases j (W = sinc^p), at n = fftfreq(K) * K."""

@@ -369,6 +369,8 @@ def _host_ewald_energy(positions, charges, cell, config, sigma, dipoles=None):
     volume = abs(np.linalg.det(cell))
     i, j, S = _host_pairs(positions, config.r_cut, cell, (True,) * 3, True)
     r = np.linalg.norm(positions[j] - positions[i] + S @ cell, axis=1)
+    apart = r > 0.0  # coincident (padding) atoms carry nothing
+    i, j, S, r = i[apart], j[apart], S[apart], r[apart]
     v = erfc(config.alpha * r) / r
     sig = None if sigma is None else np.broadcast_to(np.asarray(sigma, np.float64), q.shape)
     if sig is not None:
@@ -839,12 +841,17 @@ def _tune_pme_absolute(
     )
 
     def fit(a, order, influence, h):
-        """Walk the spacing down from h until the random-charge estimate fits."""
+        """Walk the spacing down from h until the random-charge estimate fits (not
+        below 1 / (8 alpha): spacings that fine resolve k far past exp(-k^2/4a^2) ~
+        1e-16, so an estimate still above target there is its rounding floor)."""
+        h_min = 1.0 / (8.0 * a)
         mesh = _mesh_for_spacing(lengths, h, order)
         err = pme_mesh_error(q2, cell, a, mesh, order, influence, m2=m2)
         for _ in range(30):
             if err <= 0.5 * target:
                 return h, mesh, err
+            if h < h_min:
+                return None
             h *= 0.95
             mesh = _mesh_for_spacing(lengths, h, order)
             err = pme_mesh_error(q2, cell, a, mesh, order, influence, m2=m2)
@@ -859,11 +866,15 @@ def _tune_pme_absolute(
             for influence in influences or (("spme",) if order % 2 == 0 else ("p3m",)):
                 # error ~ h^order: two secant steps on log h, then walk up the sizes
                 h = 1.0 / a
+                # spacings below 1 / (8 alpha) resolve k far past exp(-k^2/4a^2) ~ 1e-16:
+                # an error estimate still above target there is its rounding floor
+                h_min = 1.0 / (8.0 * a)
                 for _ in range(3):
                     mesh = _mesh_for_spacing(lengths, h, order)
                     err = pme_mesh_error(q2, cell, a, mesh, order, influence, m2=m2)
                     h_used = max(lengths[i] / mesh[i] for i in range(3))
                     h = h_used * (0.45 * target / max(err, 1e-300)) ** (1.0 / order)
+                    h = max(h, h_min)
                 found = fit(a, order, influence, h)
                 if found is None:
                     continue
