@@ -36,6 +36,8 @@ __all__ = [
     "PMEConfig",
     "bspline_weights",
     "spread_charges",
+    "spline_windows",
+    "interpolate_mesh",
     "pme_reciprocal_energy",
     "pme_energy",
     "pme_potential",
@@ -130,13 +132,10 @@ def _modulus(order, k_mesh):
     return out
 
 
-def spread_charges(s, charges, mesh, order):
-    """Q[k] = sum_i q_i prod_a M_p(u_ia - k_a) on the periodic mesh; s fractional (N, 3).
-
-    Each atom adds one (p, p, p) block at its window's corner into a mesh padded by
-    p - 1 on every axis (one windowed scatter per atom, contiguous inner rows); the
-    padding is then folded back onto the periodic mesh. The transpose (forces) is
-    the matching windowed gather."""
+def spline_windows(s, mesh, order):
+    """B-spline windows of fractional positions s (N, 3) on ``mesh``: ``(start, w)``,
+    start (N, 3) int32 the window's first mesh point (mod K) and w (N, 3, p) the
+    weights ``M_p(u_a - start_a - t)`` of the points ``start_a + t``, t = 0..p-1."""
     p = order
     mesh_np = np.asarray(mesh, np.int32)
     u = s * jnp.asarray(mesh_np, s.dtype)[None, :]
@@ -145,6 +144,18 @@ def spread_charges(s, charges, mesh, order):
     # weights of the points start + t, t = 0..p-1, start = base - (p - 1)
     w = bspline_weights(frac, p)[:, :, ::-1]
     start = (base.astype(jnp.int32) - (p - 1)) % mesh_np[None, :]
+    return start, w
+
+
+def spread_charges(s, charges, mesh, order):
+    """Q[k] = sum_i q_i prod_a M_p(u_ia - k_a) on the periodic mesh; s fractional (N, 3).
+
+    Each atom adds one (p, p, p) block at its window's corner into a mesh padded by
+    p - 1 on every axis (one windowed scatter per atom, contiguous inner rows); the
+    padding is then folded back onto the periodic mesh. The transpose (forces) is
+    the matching windowed gather."""
+    p = order
+    start, w = spline_windows(s, mesh, order)
     block = (
         charges[:, None, None, None]
         * w[:, 0, :, None, None]
@@ -166,6 +177,36 @@ def spread_charges(s, charges, mesh, order):
         grid = grid[:, :k1].at[:, : p - 1].add(grid[:, k1:])
         grid = grid[:, :, :k2].at[:, :, : p - 1].add(grid[:, :, k2:])
     return grid
+
+
+def interpolate_mesh(s, grid, order):
+    """(N, C) ``sum_k prod_a M_p(u_ia - k_a) grid[k, c]``: the B-spline interpolation
+    of C fields at the fractional positions s (N, 3), the transpose of
+    :func:`spread_charges`. ``grid`` is (K1, K2, K3, C), channels last, so that each
+    atom gathers one contiguous (p, p, p, C) window of the periodically padded mesh."""
+    p = order
+    mesh = grid.shape[:3]
+    start, w = spline_windows(s, mesh, order)
+    if p > 1:  # periodic padding: the window may run p - 1 past the last point
+        grid = jnp.concatenate([grid, grid[: p - 1]], axis=0)
+        grid = jnp.concatenate([grid, grid[:, : p - 1]], axis=1)
+        grid = jnp.concatenate([grid, grid[:, :, : p - 1]], axis=2)
+    dnums = jax.lax.GatherDimensionNumbers(
+        offset_dims=(1, 2, 3, 4), collapsed_slice_dims=(), start_index_map=(0, 1, 2)
+    )
+    windows = jax.lax.gather(
+        grid,
+        start,
+        dnums,
+        slice_sizes=(p, p, p, grid.shape[3]),
+        indices_are_sorted=False,
+        unique_indices=False,
+        mode=jax.lax.GatherScatterMode.PROMISE_IN_BOUNDS,
+    )  # (N, p, p, p, C)
+    w = w.astype(grid.dtype)
+    out = jnp.einsum("nabcq,nc->nabq", windows, w[:, 2])
+    out = jnp.einsum("nabq,nb->naq", out, w[:, 1])
+    return jnp.einsum("naq,na->nq", out, w[:, 0])
 
 
 def _axis_factors(k_mesh, order):
