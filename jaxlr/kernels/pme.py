@@ -204,9 +204,10 @@ def interpolate_mesh(s, grid, order):
         mode=jax.lax.GatherScatterMode.PROMISE_IN_BOUNDS,
     )  # (N, p, p, p, C)
     w = w.astype(grid.dtype)
-    out = jnp.einsum("nabcq,nc->nabq", windows, w[:, 2])
-    out = jnp.einsum("nabq,nb->naq", out, w[:, 1])
-    return jnp.einsum("naq,na->nq", out, w[:, 0])
+    # a broadcast product and one reduction: XLA fuses it with the gather (small
+    # batched einsums here run 2-3x slower on CPU)
+    w3 = w[:, 0, :, None, None] * w[:, 1, None, :, None] * w[:, 2, None, None, :]
+    return jnp.sum(windows * w3[..., None], axis=(1, 2, 3))
 
 
 def _axis_factors(k_mesh, order):
