@@ -232,6 +232,8 @@ def prepare(
     if len(species_list) == 0:
         raise ValueError("species_list is empty")
     route = choose_method(method, cell is not None, n_atoms, mesh_threshold)
+    if mesh_accuracy is not None and not 0.0 < float(mesh_accuracy) < 1.0:
+        raise ValueError(f"mesh_accuracy must be in (0, 1), got {mesh_accuracy}")
     if route == "free":
         return LodeCalculator(config, species_list)
     cell_np = np.asarray(cell, np.float64)
