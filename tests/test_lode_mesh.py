@@ -104,8 +104,9 @@ def test_auto_rule_and_bad_method():
     assert jaxlr.lode.prepare(cell, n_atoms=8, mesh_threshold=8, **kw).method == "mesh"
     assert jaxlr.lode.prepare(cell, **kw).method == "direct"  # n_atoms unknown
     assert jaxlr.lode.prepare(None, n_atoms=10**5, **kw).method == "free"
-    assert jaxlr.lode.choose_method("auto", True, 5000) == "mesh"
-    assert jaxlr.lode.choose_method("auto", True, 4999) == "direct"
+    threshold = jaxlr.lode.MESH_THRESHOLD
+    assert jaxlr.lode.choose_method("auto", True, threshold) == "mesh"
+    assert jaxlr.lode.choose_method("auto", True, threshold - 1) == "direct"
     auto = jaxlr.lode.spherical_expansion(pos, z, cell, mesh_threshold=8, **hyp)
     mesh = jaxlr.lode.spherical_expansion(pos, z, cell, method="mesh", **hyp)
     direct = jaxlr.lode.spherical_expansion(pos, z, cell, **hyp)

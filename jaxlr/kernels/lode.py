@@ -27,8 +27,13 @@ radius max(sqrt(n), 1) / (max_radial + 1)``, each normalised, then Löwdin
 orthonormalised; real spherical harmonics without the Condon-Shortley phase
 (``Y_1,-1 ~ y, Y_1,0 ~ z, Y_1,1 ~ x``), index ``l^2 + l + m``.
 
+For large cells the same k sum runs on a mesh (:func:`lode_mesh`): each species'
+atoms spread by B-splines and Fourier transformed once, one inverse FFT per
+(species, lm, n) channel, interpolated back at the atoms (smooth-PME style), at
+O(channels x (M log M + N p^3)) instead of O(N N_k).
+
 Everything is a smooth function of positions and cell: forces and stress come from
-reverse-mode autodiff at O(N N_k) cost.
+reverse-mode autodiff at the cost of the values' route.
 """
 
 from __future__ import annotations
