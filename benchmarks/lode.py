@@ -1,4 +1,5 @@
-"""LODE spherical expansion: jaxlr vs featomic, values and values + forces.
+"""LODE spherical expansion: jaxlr (direct and mesh routes) vs featomic, values and
+values + forces.
 
 Rattled rock-salt supercells (a = 5.64 Å, 0.0446 atoms/Å^3, 0.1 Å rattle), p = 1,
 smearing 1 Å, max_angular 3, max_radial 5, radius 4 Å, featomic's default k_cutoff
@@ -6,11 +7,17 @@ smearing 1 Å, max_angular 3, max_radial 5, radius 4 Å, featomic's default k_cu
 repeats); featomic is timed the same way (values; values + position gradients).
 "values + forces" for jaxlr is the value and gradient of a linear model on the
 features (one reverse pass); featomic's column is its values + ``positions``
-gradients (what one needs for forces). Also: a batch of 64 eight-atom cells
-(jaxlr vmap over the batch vs featomic on the list of systems), per structure.
+gradients (what one needs for forces). jaxlr's two periodic routes are timed side
+by side: ``direct`` (the k sum, up to --direct-max atoms) and ``mesh`` (per-channel
+FFT fields, from --mesh-min atoms, default mesh_accuracy 1e-5), with the mesh
+route's error against the direct one (max over coefficients, relative to the
+largest) where both ran, and the route ``method="auto"`` takes. Also: a batch of
+64 eight-atom cells (jaxlr vmap over the batch vs featomic on the list of systems),
+per structure.
 
-    python benchmarks/lode.py [--sizes 64 216 512 1000 4096] [--repeats 3]
-        [--featomic-max 4096] [--featomic-grad-max 512] [--batch 64]
+    python benchmarks/lode.py [--sizes 64 216 512 1000 4096 8000 32768] [--repeats 3]
+        [--direct-max 8000] [--mesh-min 512] [--featomic-max 4096]
+        [--featomic-grad-max 512] [--batch 64]
 """
 
 import argparse
@@ -62,18 +69,22 @@ def featomic_calc():
     )
 
 
-def jaxlr_fns(pos, z, cell):
-    calc = jaxlr.lode.prepare(cell, species_list=(11, 17), **HYPERS)
+def jaxlr_fns(pos, z, cell, method):
+    calc = jaxlr.lode.prepare(cell, species_list=(11, 17), method=method, **HYPERS)
     weights = jnp.asarray(np.random.default_rng(1).normal(size=(2, 16, 6)))
     values = jax.jit(lambda p: calc(p, z, cell))
     forces = jax.jit(jax.value_and_grad(lambda p: jnp.sum(calc(p, z, cell) * weights[None])))
-    return values, forces
+    return calc, values, forces
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--sizes", type=int, nargs="*", default=[64, 216, 512, 1000, 4096])
+    parser.add_argument(
+        "--sizes", type=int, nargs="*", default=[64, 216, 512, 1000, 4096, 8000, 32768]
+    )
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--direct-max", type=int, default=8000, help="direct route: O(N^2)")
+    parser.add_argument("--mesh-min", type=int, default=512)
     parser.add_argument("--featomic-max", type=int, default=4096)
     parser.add_argument(
         "--featomic-grad-max", type=int, default=512, help="featomic gradients are O(N^2 K)"
@@ -97,37 +108,56 @@ def main():
         pos, z, cell = rocksalt(reps)
         n = len(z)
         reps_t = args.repeats if n <= 1000 else 1
-        values, forces = jaxlr_fns(pos, z, cell)
         p = jnp.asarray(pos)
-        t_v = timed(lambda: values(p), reps_t)
-        t_f = timed(lambda: forces(p), reps_t)
-        f_v = f_g = None
+        row = dict(n=n, auto=jaxlr.lode.choose_method("auto", True, n))
+        ref = None
+        if n <= args.direct_max:
+            _, values, forces = jaxlr_fns(pos, z, cell, "direct")
+            row["d_v"] = timed(lambda: values(p), reps_t)
+            row["d_f"] = timed(lambda: forces(p), reps_t)
+            ref = np.asarray(values(p))
+        if n >= args.mesh_min:
+            calc, values, forces = jaxlr_fns(pos, z, cell, "mesh")
+            row["mesh"] = f"{calc.mesh[0]}^3, p={calc.order}"
+            row["m_v"] = timed(lambda: values(p), reps_t)
+            row["m_f"] = timed(lambda: forces(p), reps_t)
+            if ref is not None:
+                row["err"] = float(np.abs(np.asarray(values(p)) - ref).max() / np.abs(ref).max())
         if have_featomic and n <= args.featomic_max:
             atoms = ase.Atoms(numbers=z, positions=pos, cell=cell, pbc=True)
             calc = featomic_calc()
-            f_v = timed(lambda: calc.compute(atoms), reps_t)
+            row["f_v"] = timed(lambda: calc.compute(atoms), reps_t)
             if n <= args.featomic_grad_max:
-                f_g = timed(lambda: calc.compute(atoms, gradients=["positions"]), 1)
-        rows.append((n, t_v, t_f, f_v, f_g))
-        print(rows[-1], flush=True)
+                row["f_g"] = timed(lambda: calc.compute(atoms, gradients=["positions"]), 1)
+        rows.append(row)
+        print(row, flush=True)
 
-    def fmt(x):
-        return "-" if x is None else f"{x:.3g}"
+    def fmt(row, key, fmt="{:.3g}"):
+        return fmt.format(row[key]) if key in row else "-"
 
-    def ratio(a, b):
-        return "-" if a is None or b is None else f"{a / b:.1f}"
+    def ratio(row, a, b):
+        return f"{row[a] / row[b]:.1f}" if a in row and b in row else "-"
 
     print()
     print(
-        "| N | jaxlr values s | jaxlr values+forces s | forces/values | featomic values s "
-        "| featomic values+grad s | featomic/jaxlr values | featomic grad/jaxlr forces |"
+        "| N | auto | direct values s | direct values+forces s | mesh values s "
+        "| mesh values+forces s | mesh | mesh error | featomic values s "
+        "| featomic values+grad s | featomic / best jaxlr (values) |"
     )
-    print("|---|---|---|---|---|---|---|---|")
-    for n, t_v, t_f, f_v, f_g in rows:
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    for row in rows:
+        best = min(row.get("d_v", np.inf), row.get("m_v", np.inf))
+        vs = f"{row['f_v'] / best:.1f}" if "f_v" in row else "-"
         print(
-            f"| {n} | {fmt(t_v)} | {fmt(t_f)} | {t_f / t_v:.1f} | {fmt(f_v)} | {fmt(f_g)} "
-            f"| {ratio(f_v, t_v)} | {ratio(f_g, t_f)} |"
+            f"| {row['n']} | {row['auto']} | {fmt(row, 'd_v')} | {fmt(row, 'd_f')} "
+            f"| {fmt(row, 'm_v')} | {fmt(row, 'm_f')} | {row.get('mesh', '-')} "
+            f"| {fmt(row, 'err', '{:.1e}')} | {fmt(row, 'f_v')} | {fmt(row, 'f_g')} | {vs} |"
         )
+    print(
+        f"\nnot run: direct route above {args.direct_max} atoms (O(N^2): ~16x the "
+        f"{args.direct_max}-atom time at 4x N); featomic values above {args.featomic_max} "
+        f"and its gradients above {args.featomic_grad_max} atoms (O(N^2 K) gradients)"
+    )
     if args.batch:
         pos, z, cell = rocksalt(1)
         rng = np.random.default_rng(3)

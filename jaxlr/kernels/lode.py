@@ -27,8 +27,13 @@ radius max(sqrt(n), 1) / (max_radial + 1)``, each normalised, then Löwdin
 orthonormalised; real spherical harmonics without the Condon-Shortley phase
 (``Y_1,-1 ~ y, Y_1,0 ~ z, Y_1,1 ~ x``), index ``l^2 + l + m``.
 
+For large cells the same k sum runs on a mesh (:func:`lode_mesh`): each species'
+atoms spread by B-splines and Fourier transformed once, one inverse FFT per
+(species, lm, n) channel, interpolated back at the atoms (smooth-PME style), at
+O(channels x (M log M + N p^3)) instead of O(N N_k).
+
 Everything is a smooth function of positions and cell: forces and stress come from
-reverse-mode autodiff at O(N N_k) cost.
+reverse-mode autodiff at the cost of the values' route.
 """
 
 from __future__ import annotations
@@ -50,6 +55,10 @@ __all__ = [
     "density_fourier",
     "lode_periodic",
     "lode_free",
+    "lode_mesh",
+    "lode_mesh_size",
+    "mesh_kindices",
+    "mesh_error_estimate",
     "power_spectrum",
     "kvector_indices",
     "k_cutoff_for_accuracy",
@@ -372,10 +381,10 @@ def kvector_indices(cell, k_cutoff, margin=1.05):
     < k_cutoff * margin (one of each +-m pair, m = 0 excluded)."""
     cell = np.asarray(cell, np.float64)
     recip = 2 * np.pi * np.linalg.inv(cell).T
-    heights = np.abs(np.linalg.det(cell)) / np.linalg.norm(
-        np.cross(cell[[1, 2, 0]], cell[[2, 0, 1]]), axis=1
-    )
-    kmax = np.ceil(k_cutoff * margin * heights / (2 * np.pi)).astype(int)
+    # m_a = k . a_a / (2 pi): over the sphere |m_a| <= k_c |a_a| / (2 pi) (the lattice
+    # vector's length, not the plane spacing, which is shorter in a skewed cell)
+    lengths = np.linalg.norm(cell, axis=1)
+    kmax = np.ceil(k_cutoff * margin * lengths / (2 * np.pi)).astype(int)
     grids = np.meshgrid(*[np.arange(-k, k + 1) for k in kmax], indexing="ij")
     m = np.stack([g.ravel() for g in grids], -1)
     half = (m[:, 2] > 0) | ((m[:, 2] == 0) & ((m[:, 1] > 0) | ((m[:, 1] == 0) & (m[:, 0] > 0))))
@@ -445,15 +454,20 @@ def lode_periodic(positions, species_onehot, cell, config: LodeConfig, kindices,
     coef, _ = jax.lax.scan(block, coef0, (jnp.asarray(blocks), jnp.asarray(valid, dtype)))
     # (4 pi / V) and the half-space factor 2
     coef = (8.0 * jnp.pi / volume) * coef.reshape(n_atoms, n_species, n_lm, n_rad)
+    return _center_weight(_add_zero_term(coef, onehot, volume, config), onehot, config)
+
+
+def _add_zero_term(coef, onehot, volume, config):
+    """The k = 0 term (p = 0 and p > 3 only): l = 0, Y_00 = 1 / sqrt(4 pi),
+    I_n0(0) = int r^2 R_n dr, times the species counts."""
     f0 = _density_fourier_zero(config.exponent, config.smearing)
-    if f0 is not None:
-        # k = 0: only l = 0, Y_00 = 1 / sqrt(4 pi), I_n0(0) = int r^2 R_n dr
-        _, weights, _ = config.tables
-        i0 = jnp.asarray(weights.sum(axis=1), dtype)
-        counts = jnp.sum(onehot, axis=0)  # (A,)
-        zero = (4.0 * jnp.pi / volume) * f0 / math.sqrt(4 * math.pi) * counts[:, None] * i0[None]
-        coef = coef.at[:, :, 0, :].add(zero[None])
-    return _center_weight(coef, onehot, config)
+    if f0 is None:
+        return coef
+    _, weights, _ = config.tables
+    i0 = jnp.asarray(weights.sum(axis=1), coef.dtype)
+    counts = jnp.sum(onehot, axis=0)  # (A,)
+    zero = (4.0 * jnp.pi / volume) * f0 / math.sqrt(4 * math.pi) * counts[:, None] * i0[None]
+    return coef.at[:, :, 0, :].add(zero[None])
 
 
 def _center_weight(coef, onehot, config):
@@ -462,6 +476,213 @@ def _center_weight(coef, onehot, config):
     _, _, self_proj = config.tables
     corr = (1.0 - config.center_atom_weight) * jnp.asarray(self_proj, coef.dtype)
     return coef.at[:, :, 0, :].add(-onehot[:, :, None] * corr[None, None, :])
+
+
+# ------------------------------------------------------------------ mesh route
+
+#: Default B-spline order of the mesh route.
+MESH_ORDER = 6
+#: Default relative accuracy the mesh route is sized for (see :func:`lode_mesh_size`).
+MESH_ACCURACY = 1e-5
+
+
+def mesh_kindices(cell, k_cutoff, margin=1.05):
+    """Host: (K', 3) reciprocal indices with ``m_3 >= 0`` and ``0 < |k| < k_cutoff *
+    margin``: the rfft half mesh's share of the sphere (the half-space set of
+    :func:`kvector_indices` plus the mirror image of its ``m_3 = 0`` plane)."""
+    half = kvector_indices(cell, k_cutoff, margin)
+    return np.concatenate([half, -half[half[:, 2] == 0]])
+
+
+def _alias_error(xi, order):
+    """Relative B-spline interpolation error of a plane wave of frequency xi (in
+    cycles per mesh point, |xi| < 1/2): the two nearest aliases,
+    ``(xi / (1 - xi))^p + (xi / (1 + xi))^p``, counted once for the spreading and
+    once for the interpolation back."""
+    xi = np.abs(xi)
+    return 2.0 * ((xi / (1.0 - xi)) ** order + (xi / (1.0 + xi)) ** order)
+
+
+@functools.lru_cache(maxsize=64)
+def _mesh_error_weights(config: LodeConfig):
+    """Host: k nodes on (0, k_cutoff) and the weights ``k^2 |fhat_p| max|I_nl|``."""
+    k = np.linspace(0.02 * config.k_cutoff, config.k_cutoff, 400)
+    i_max = np.abs(_host_radial_integrals(config, k)).reshape(len(k), -1).max(axis=1)
+    fhat = np.abs(np.asarray(density_fourier(jnp.asarray(k), config.exponent, config.smearing)))
+    return k, k * k * fhat * i_max
+
+
+def mesh_error_estimate(config: LodeConfig, cell, mesh, order):
+    """Host: estimated error of the mesh route relative to the largest coefficient,
+    ``int k^2 |fhat_p| max|I_nl| e(k) dk / int k^2 |fhat_p| max|I_nl| dk`` over
+    ``(0, k_cutoff)``, with e(k) the alias error (:func:`_alias_error`) summed over
+    the three axes at their worst frequency ``k |a_a| / (2 pi K_a)``. Measured
+    errors (max over coefficients, relative to the largest) run 1-3x above it."""
+    k, weight = _mesh_error_weights(config)
+    lengths = np.linalg.norm(np.asarray(cell, np.float64), axis=1)
+    xi = np.minimum(k[:, None] * lengths[None, :] / (2 * np.pi * np.asarray(mesh)[None, :]), 0.499)
+    err = _alias_error(xi, order).sum(axis=1)
+    return float(np.sum(weight * err) / np.sum(weight))
+
+
+def lode_mesh_size(config: LodeConfig, cell, kindices, order=MESH_ORDER, accuracy=MESH_ACCURACY):
+    """Host: the smallest FFT-friendly mesh ``(K1, K2, K3)`` that holds every index
+    of ``kindices`` strictly inside its Brillouin zone (``K_a >= 2 max|m_a| + 1``)
+    and whose :func:`mesh_error_estimate` is at most ``accuracy``. The mesh is
+    grown by a common factor over the zone minimum (every axis keeps the same
+    oversampling of its largest frequency)."""
+    from jaxlr.kernels.tuning import fft_size
+
+    if not (0.0 < accuracy < 1.0):
+        raise ValueError(f"mesh accuracy must be in (0, 1), got {accuracy}")
+    m_max = np.abs(np.asarray(kindices)).reshape(-1, 3).max(axis=0) if len(kindices) else [0] * 3
+    m_max = np.maximum(np.asarray(m_max), 1)
+
+    def mesh_for(factor):
+        return tuple(
+            fft_size(max(math.ceil(2 * factor * m), 2 * m + 1), order) for m in m_max.tolist()
+        )
+
+    factor = 1.0
+    mesh = mesh_for(factor)
+    while mesh_error_estimate(config, cell, mesh, order) > accuracy:
+        factor *= 1.05
+        if factor > 20:
+            raise ValueError(f"mesh accuracy {accuracy} needs a larger spline order than {order}")
+        mesh = mesh_for(factor)
+    return mesh
+
+
+def _channel_chunk(n_atoms, mesh, order, n_channels, budget=2**28):
+    """Channels per scan step: about ``budget`` bytes (float64) of mesh fields and
+    interpolation windows live at once."""
+    per_channel = 8 * (5 * int(np.prod(mesh)) + n_atoms * order**3)
+    return int(max(1, min(n_channels, budget // per_channel)))
+
+
+def lode_mesh(
+    positions,
+    species_onehot,
+    cell,
+    config: LodeConfig,
+    kindices,
+    mesh,
+    order=MESH_ORDER,
+    channel_chunk=None,
+    k_chunk=4096,
+):
+    """(N, A, (L+1)^2, n) periodic LODE coefficients on a mesh (the same sum as
+    :func:`lode_periodic`, smooth-PME style).
+
+    With ``Q_a`` the species-a atoms spread on the mesh by order-p cardinal
+    B-splines (:func:`jaxlr.kernels.pme.spread_charges`), SPME's interpolation of the
+    plane waves ``exp(i k.r) ~ b(m) sum_x W(r, x) exp(2 pi i m.x / K)`` turns the k sum
+    into a field per channel,
+
+        c[i, a, lm, n] = sum_x W(r_i, x) phi[a, lm, n](x),
+        phi = (4 pi / V) sum_m fhat_p I_nl Y_lm(k_hat) i^l |b(m)|^2 FFT(Q_a)(m) e^{2 pi i m.x/K},
+
+    one inverse real FFT per (species, lm, n) channel, interpolated back at the atoms
+    with the same B-splines (:func:`jaxlr.kernels.pme.interpolate_mesh`). The sum is
+    over the same masked sphere ``0 < |k| < k_cutoff`` (and the same k = 0 rule) as
+    the direct route; the only new error is the B-spline aliasing
+    (:func:`mesh_error_estimate`).
+
+    Args:
+      positions, species_onehot, cell, config: as :func:`lode_periodic`.
+      kindices: (K', 3) static indices from :func:`mesh_kindices` (``m_3 >= 0``),
+        masked by ``|k| < k_cutoff`` here.
+      mesh: static (K1, K2, K3) (:func:`lode_mesh_size`); must hold every index
+        strictly inside its zone. order: B-spline order (3..12).
+      channel_chunk: channels per step of a ``scan`` (rematerialised in reverse
+        mode): memory O(chunk x (mesh + N p^3)), never all channel fields at once.
+        Default: about 256 MB of fields per step.
+      k_chunk: k-vectors per block of the kernel tables.
+    """
+    from jaxlr.kernels.pme import _modulus, interpolate_mesh, spread_charges
+
+    dtype = positions.dtype
+    cdtype = jnp.result_type(dtype, jnp.complex64)
+    mesh = tuple(int(k) for k in mesh)
+    n_atoms = positions.shape[0]
+    onehot = species_onehot.astype(dtype)
+    n_species = onehot.shape[1]
+    lmax, n_rad = config.max_angular, config.max_radial + 1
+    n_lm = (lmax + 1) ** 2
+    m_np = np.asarray(kindices, np.int64).reshape(-1, 3)
+    if np.any(m_np[:, 2] < 0):
+        raise ValueError("kindices must have m_3 >= 0 (use mesh_kindices)")
+    if np.any(2 * np.abs(m_np).max(axis=0, initial=0) + 1 > np.asarray(mesh)):
+        raise ValueError(f"mesh {mesh} does not hold the k set (max |m| {np.abs(m_np).max(0)})")
+    recip = 2.0 * jnp.pi * jnp.linalg.inv(cell).T
+    volume = jnp.abs(jnp.linalg.det(cell))
+    n_k = len(m_np)
+
+    # static per-index factors: SPME's |b(m)|^2 and the inverse FFT's 1 / prod(K)
+    mod = np.ones(n_k)
+    for a in range(3):
+        mod = mod * _modulus(order, mesh[a])[m_np[:, a] % mesh[a]]
+    mod = mod * float(np.prod(mesh))
+    i1, i2, i3 = (m_np[:, 0] % mesh[0], m_np[:, 1] % mesh[1], m_np[:, 2])
+
+    # kernel tables on the index set: fhat I_nl (K', L+1, n) and Y_lm (K', LM), in blocks
+    k_chunk = max(1, min(k_chunk, n_k))
+    pad = -n_k % k_chunk
+    blocks = np.concatenate([m_np, np.zeros((pad, 3), np.int64)]).reshape(-1, k_chunk, 3)
+    valid = np.concatenate([np.ones(n_k), np.zeros(pad)]).reshape(-1, k_chunk)
+
+    @jax.checkpoint
+    def table_block(xs):
+        m, ok = xs
+        k = m.astype(dtype) @ recip
+        k2 = jnp.sum(k * k, axis=-1)
+        inside = (ok > 0) & (k2 < (config.k_cutoff * (1.0 - 1e-12)) ** 2)
+        knorm = jnp.sqrt(jnp.where(inside, k2, 1.0))
+        k_safe = jnp.where(inside[:, None], k, jnp.asarray([0.0, 0.0, 1.0], dtype))
+        fhat = jnp.where(inside, density_fourier(knorm, config.exponent, config.smearing), 0.0)
+        radial = fhat[:, None, None] * _radial_integrals_fast(config, knorm)
+        return radial, real_spherical_harmonics(k_safe, lmax)
+
+    radial, ylm = jax.lax.map(table_block, (jnp.asarray(blocks), jnp.asarray(valid, dtype)))
+    radial = radial.reshape(-1, lmax + 1, n_rad)[:n_k]
+    ylm = ylm.reshape(-1, n_lm)[:n_k]
+
+    # species densities on the mesh, their transforms at the index set
+    s = positions @ jnp.linalg.inv(cell)
+    q = jax.vmap(spread_charges, in_axes=(None, 1, None, None))(s, onehot, mesh, order)
+    q_hat = jnp.fft.rfftn(q, axes=(1, 2, 3))[:, i1, i2, i3]  # (A, K')
+    q_hat = q_hat * jnp.asarray(mod, dtype)[None, :]
+
+    # channels (a, lm, n), flattened in output order, in chunks
+    n_ch = n_species * n_lm * n_rad
+    chunk = _channel_chunk(n_atoms, mesh, order, n_ch) if channel_chunk is None else channel_chunk
+    chunk = max(1, min(int(chunk), n_ch))
+    ch = np.arange(-(-n_ch // chunk) * chunk) % n_ch  # padding repeats channels, dropped below
+    ch_a, ch_lm, ch_n = ch // (n_lm * n_rad), (ch // n_rad) % n_lm, ch % n_rad
+    ch_l = _lm_degree(lmax)[ch_lm]
+    phase = np.array([1.0, 1.0j, -1.0, -1.0j])[ch_l % 4]  # i^l
+    xs = tuple(
+        jnp.asarray(v.reshape(-1, chunk))
+        for v in (ch_a, ch_lm, ch_l, ch_n, phase.real.astype(np.float64), phase.imag)
+    )
+    half = (mesh[0], mesh[1], mesh[2] // 2 + 1)
+
+    @jax.checkpoint
+    def body(carry, xs):
+        a, lm, l, n, p_re, p_im = xs
+        kern = (radial[:, l, n] * ylm[:, lm]).T  # (C, K')
+        qa = q_hat[a]  # (C, K')
+        re = kern * (p_re.astype(dtype)[:, None] * qa.real - p_im.astype(dtype)[:, None] * qa.imag)
+        im = kern * (p_re.astype(dtype)[:, None] * qa.imag + p_im.astype(dtype)[:, None] * qa.real)
+        grid = jnp.zeros((chunk,) + half, cdtype)
+        grid = grid.at[:, i1, i2, i3].set(jax.lax.complex(re, im), unique_indices=True)
+        field = jnp.fft.irfftn(grid, s=mesh, axes=(1, 2, 3)).astype(dtype)  # (C, K1, K2, K3)
+        return carry, interpolate_mesh(s, jnp.transpose(field, (1, 2, 3, 0)), order)
+
+    _, out = jax.lax.scan(body, None, xs)  # (steps, N, C)
+    coef = jnp.transpose(out, (1, 0, 2)).reshape(n_atoms, -1)[:, :n_ch]
+    coef = (4.0 * jnp.pi / volume) * coef.reshape(n_atoms, n_species, n_lm, n_rad)
+    return _center_weight(_add_zero_term(coef, onehot, volume, config), onehot, config)
 
 
 # ------------------------------------------------------------------ free space
