@@ -705,9 +705,10 @@ def _tune_pme_absolute(
             for influence in influences or (("spme",) if order % 2 == 0 else ("p3m",)):
                 # error ~ h^order: two secant steps on log h, then walk up the sizes
                 h = 1.0 / a
-                # spacings below 1 / (8 alpha) resolve k far past exp(-k^2/4a^2) ~ 1e-16:
-                # an error estimate still above target there is its rounding floor
-                h_min = 1.0 / (8.0 * a)
+                # with dipoles, spacings below 1 / (8 alpha) resolve k far past
+                # exp(-k^2/4a^2) ~ 1e-16: an estimate still above target there is the
+                # rounding floor of its k^4-weighted alias sums (charges: no floor)
+                h_min = 1.0 / (8.0 * a) if m2 else 0.0
                 for _ in range(3):
                     mesh = _mesh_for_spacing(lengths, h, order)
                     err = pme_mesh_error(q2, cell, a, mesh, order, influence, m2=m2)
@@ -716,13 +717,17 @@ def _tune_pme_absolute(
                     h = max(h, h_min)
                 mesh = _mesh_for_spacing(lengths, h, order)
                 err = pme_mesh_error(q2, cell, a, mesh, order, influence, m2=m2)
+                passed = False
                 for _ in range(30):
-                    if err <= 0.5 * target or h < h_min:
+                    if err <= 0.5 * target:
+                        passed = True
+                        break
+                    if h < h_min:
                         break
                     h *= 0.95
                     mesh = _mesh_for_spacing(lengths, h, order)
                     err = pme_mesh_error(q2, cell, a, mesh, order, influence, m2=m2)
-                if err > 0.5 * target:
+                if not passed:
                     continue
                 cost = _pme_cost(n, volume, heights, r_cut, mesh, order)
                 if best is None or cost < best[0]:
