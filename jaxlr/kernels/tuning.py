@@ -841,10 +841,11 @@ def _tune_pme_absolute(
     )
 
     def fit(a, order, influence, h):
-        """Walk the spacing down from h until the random-charge estimate fits (not
-        below 1 / (8 alpha): spacings that fine resolve k far past exp(-k^2/4a^2) ~
-        1e-16, so an estimate still above target there is its rounding floor)."""
-        h_min = 1.0 / (8.0 * a)
+        """Walk the spacing down from h until the random-charge estimate fits (with
+        dipoles not below 1 / (8 alpha): spacings that fine resolve k far past
+        exp(-k^2/4a^2) ~ 1e-16, so an estimate still above target there is its
+        rounding floor)."""
+        h_min = 1.0 / (8.0 * a) if m2 else 0.0  # the floor binds dipoles only
         mesh = _mesh_for_spacing(lengths, h, order)
         err = pme_mesh_error(q2, cell, a, mesh, order, influence, m2=m2)
         for _ in range(30):
@@ -866,9 +867,10 @@ def _tune_pme_absolute(
             for influence in influences or (("spme",) if order % 2 == 0 else ("p3m",)):
                 # error ~ h^order: two secant steps on log h, then walk up the sizes
                 h = 1.0 / a
-                # spacings below 1 / (8 alpha) resolve k far past exp(-k^2/4a^2) ~ 1e-16:
-                # an error estimate still above target there is its rounding floor
-                h_min = 1.0 / (8.0 * a)
+                # with dipoles, spacings below 1 / (8 alpha) resolve k far past
+                # exp(-k^2/4a^2) ~ 1e-16: an estimate still above target there is the
+                # rounding floor of its k^4-weighted alias sums (charges: no floor)
+                h_min = 1.0 / (8.0 * a) if m2 else 0.0
                 for _ in range(3):
                     mesh = _mesh_for_spacing(lengths, h, order)
                     err = pme_mesh_error(q2, cell, a, mesh, order, influence, m2=m2)
