@@ -43,6 +43,13 @@ def test_molecular_energy_against_an_independent_site_sum():
     disp = np.linalg.norm(out["wannier_centres"] - frame.positions, axis=1)
     assert 0.02 < disp[frame.numbers == 8].min() and disp.max() < 1.0
     assert np.all(disp[frame.numbers == 1] == 0)
+    oxygen = frame.numbers == 8
+    np.testing.assert_allclose(
+        out["atomic_dipoles"][oxygen],
+        -8.0 * (out["wannier_centres"] - frame.positions)[oxygen],
+        atol=1e-12,
+    )
+    assert np.all(out["atomic_dipoles"][~oxygen] == 0)
     pos, q = _sites(frame, out)
     s = 0.4
     e = sum(q[k] ** 2 / (2 * np.sqrt(np.pi) * s) for k in range(len(q)))

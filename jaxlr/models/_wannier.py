@@ -142,6 +142,11 @@ class WannierCentres(ShortRange):
         self.centre_scale = nnx.Param(jnp.asarray(0.1))
 
     @property
+    def predicts_dipoles(self) -> bool:
+        """True: the outputs carry the centroid dipoles ``q_c delta_i``."""
+        return True
+
+    @property
     def hyper(self) -> dict:
         h = dict(self.hyper_items)
         h["ions"] = [list(p) for p in h["ions"]]
