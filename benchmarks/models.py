@@ -24,9 +24,16 @@ energy and force RMSE, charge RMSE (models with charges), and the set's own chec
   there train with a dipole weight (``--dipole-weight``, default 100).
 
 Also training throughput (structures/s) and inference time per structure.
+
+A model may carry hyper-parameters, ``NAME:KEY=VALUE:KEY=VALUE`` (JSON values), e.g.
+``--models latent:charge_aware=true,qeq:n_layers=2``; ``--fragments`` lets the charge
+models honour the frames' fragment charges (``info["fragment_charges"]``; without it
+they are stripped, so every model sees the same inputs).
 """
 
 import argparse
+import dataclasses
+import json
 import shutil
 import tempfile
 import time
@@ -38,6 +45,8 @@ parser.add_argument("--epochs", type=int, default=60)
 parser.add_argument("--models", default="short_range,explicit,latent,qeq,lode,ewald-mp,attention")
 parser.add_argument("--sets", default="nacl_clusters,ag3_charge_states,carbon_chains,dimer_curves")
 parser.add_argument("--dipole-weight", type=float, default=100.0)
+parser.add_argument("--fragments", action="store_true", help="keep fragment charges")
+parser.add_argument("--out", default=None, help="also write the rows as JSON lines here")
 args = parser.parse_args()
 jax.config.update("jax_enable_x64", True)
 
@@ -85,6 +94,8 @@ def dimer_tails(model, beyond=7.0):
     atoms = ase.io.read(str(datasets.path("dimer_curves")), index=":")
     atoms = [a for a in atoms if "separation" in a.info and a.info["separation"] > beyond]
     dimers = [from_atoms(a) for a in atoms]
+    if not args.fragments:
+        dimers = [dataclasses.replace(f, fragments=None, fragment_charges=None) for f in dimers]
     parts = [f for a in atoms for f in fragments(a)]
     pd, pp = train.predict_frames(model, dimers), train.predict_frames(model, parts)
     out = {}
@@ -103,13 +114,34 @@ def pull_out(model):
     return float(np.sqrt(np.mean((e - ref) ** 2))) * 1e3
 
 
+def parse_model(spec):
+    """``NAME:KEY=VALUE:...`` -> (name, {key: JSON value or bare string})."""
+    name, *items = spec.split(":")
+    kw = {}
+    for item in items:
+        key, _, value = item.partition("=")
+        try:
+            kw[key] = json.loads(value)
+        except json.JSONDecodeError:
+            kw[key] = value
+    return name, kw
+
+
 rows = []
 for set_name in args.sets.split(","):
     frames = datasets.load(set_name)
-    for model_name in args.models.split(","):
+    if not args.fragments:
+        frames = [dataclasses.replace(f, fragments=None, fragment_charges=None) for f in frames]
+    for spec in args.models.split(","):
+        model_name, model_args = parse_model(spec)
         folder = tempfile.mkdtemp()
         try:
-            cfg = {"model": model_name, "epochs": args.epochs, "patience": args.epochs}
+            cfg = {
+                "model": model_name,
+                "model_args": model_args,
+                "epochs": args.epochs,
+                "patience": args.epochs,
+            }
             if set_name == "water_wannier" and model_name != "short_range":
                 cfg["weights"] = {**train.TrainConfig().weights, "dipole": args.dipole_weight}
             t0 = time.perf_counter()
@@ -143,10 +175,11 @@ for set_name in args.sets.split(","):
             else:
                 check = ""
             q = m.get("charges")
+            label = model.name + "".join(f" {k}={v}" for k, v in model_args.items())
             rows.append(
                 [
                     set_name,
-                    model.name,
+                    label,
                     f"{m['energy']['rmse'] * 1e3:.2f}",
                     f"{m['forces']['rmse'] * 1e3:.0f}",
                     f"{q['rmse'] * 1e3:.0f}" if q else "-",
@@ -157,6 +190,9 @@ for set_name in args.sets.split(","):
                 ]
             )
             print(rows[-1], flush=True)
+            if args.out:
+                with open(args.out, "a") as handle:
+                    handle.write(json.dumps(rows[-1]) + "\n")
         finally:
             shutil.rmtree(folder, ignore_errors=True)
 

@@ -235,6 +235,8 @@ _ARRAYS = (
     "polarization",
     "born_charges",
     "wannier_centres",
+    "fragment",
+    "fragment_charge",
     "has_energy",
     "has_forces",
     "has_stress",
@@ -265,8 +267,12 @@ def _device_batch(batch: _data.Batch, dtype, sharding=None) -> dict:
 def _predict_batch(model, b, electrostatics, cutoff, born=False):
     field = b["field"] if model.has_charges else None
 
-    def one(pos, num, mask, pi, pj, ps, pm, cell, charge, e_field):
+    fragments = b["fragment_charge"].shape[-1] > 1  # static: the batch has fragments
+
+    def one(pos, num, mask, pi, pj, ps, pm, cell, charge, e_field, frag, frag_q):
         pairs = Pairs(pi, pj, ps, pm, cutoff, False)
+        if fragments:
+            charge = _pot.Fragments(frag, frag_q)
         return _pot.predict(
             model, pos, num, mask, pairs, cell, charge, electrostatics, e_field, born
         )
@@ -282,6 +288,8 @@ def _predict_batch(model, b, electrostatics, cutoff, born=False):
         b["cell"],
         b["charge"],
         field,
+        b["fragment"],
+        b["fragment_charge"],
     )
 
 
@@ -495,9 +503,33 @@ def _reference_energies(frames, species):
     return coef
 
 
+def _charge_fit(frames, species):
+    """``(per-element energies, slope)``: the energies fitted beside a term linear in
+    the total charge (slope eV/e); None when the frames do not pin the slope down (one
+    total charge, or charge collinear with composition, as Na8Cl8 vs Na9Cl8+)."""
+    rows = [f for f in frames if f.energy is not None]
+    if len(rows) < 2 or np.ptp([f.charge for f in rows]) == 0:
+        return None
+    a = np.array([[np.sum(f.numbers == z) for z in species] + [f.charge] for f in rows])
+    if np.linalg.matrix_rank(a) < a.shape[1]:
+        return None
+    coef, *_ = np.linalg.lstsq(a, np.array([f.energy for f in rows]), rcond=None)
+    return coef[:-1], float(coef[-1])
+
+
 def _initialise(model, frames, species):
-    """Species reference energies, energy scale and mean species charges."""
+    """Species reference energies, energy scale, mean species charges and, for a
+    charge-aware local model, its charge energy (the energy's slope in Q)."""
     e_ref = _reference_energies(frames, species)
+    if getattr(model, "charge_aware", False) and hasattr(model, "species_charge_energy"):
+        fit = _charge_fit(frames, species)
+        if fit is not None:
+            e_ref, slope = fit
+            table = np.zeros(_pot.MAX_NUMBER + 1)
+            table[species] = slope
+            model.species_charge_energy[...] = jnp.asarray(
+                table, model.species_charge_energy[...].dtype
+            )
     table = np.zeros(_pot.MAX_NUMBER + 1)
     table[species] = e_ref
     model.species_energy[...] = jnp.asarray(table, model.species_energy[...].dtype)

@@ -81,12 +81,22 @@ def test_invariances_and_total_charge(model):
     perm = rng.permutation(9)
     assert e(pos @ rot.T - 3.1, numbers) == pytest.approx(e0, abs=1e-10)
     assert e(pos[perm], numbers[perm]) == pytest.approx(e0, abs=1e-10)
-    if model.name != "LongRangeAttention":
-        return
-    # the same geometry with another total charge: a different energy (Ag3+ vs Ag3-)
+    # the same geometry with another total charge: a different energy (Ag3+ vs Ag3-),
+    # through the total-charge embedding every nonlocal model carries
     ag3 = np.array([[0.0, 0.0, 0.0], [2.7, 0.0, 0.0], [1.35, 1.35 * 3**0.5, 0.0]])
     z = np.array([47, 47, 47])
     assert abs(e(ag3, z, 1.0) - e(ag3, z, -1.0)) > 1e-6
+    if model.name != "LongRangeAttention":
+        # without the embedding (LODE, Ewald-MP) the charge is invisible, and a neutral
+        # structure's energy is the embedding model's (the other parameters are equal)
+        key = {"LODEModel": "lode", "EwaldMessagePassing": "ewald-mp"}[model.name]
+        plain = models.build(key, **SMALL, seed=4, charge_embedding=False)
+        pairs = neighbor_pairs(ag3, model.cutoff, half=False)
+        e_p = [float(energy_fn(plain, z, pairs, charge=q)[0](jnp.asarray(ag3))) for q in (1, -1)]
+        assert e_p[0] == e_p[1]
+        pairs = neighbor_pairs(pos, model.cutoff, half=False)
+        e_plain = float(energy_fn(plain, numbers, pairs)[0](jnp.asarray(pos)))
+        assert e_plain == pytest.approx(e0, abs=1e-12)
     short = models.build("short_range", **SMALL, seed=4)
     pairs = neighbor_pairs(ag3, 5.0, half=False)
     e_plus = float(energy_fn(short, z, pairs, charge=1.0)[0](jnp.asarray(ag3)))

@@ -74,7 +74,10 @@ class Batch(NamedTuple):
     n, 3)``, ``stress (B, 3, 3)``, ``charges (B, n)``, ``dipole (B, 3)``, ``field (B,
     3)``, ``polarization (B, 3)``, ``born_charges (B, n, 3, 3)``, ``wannier_centres (B,
     n, 3)`` (Å; zero on padding atoms) and their availability ``has_energy`` ...
-    ``has_born_charges``, ``has_wannier_centres`` (B,) (0 or 1).
+    ``has_born_charges``, ``has_wannier_centres`` (B,) (0 or 1). Fragment constraints:
+    ``fragment (B, n)`` (0 without fragments) and ``fragment_charge (B, K)`` (each
+    fragment's total; ``[charge, 0, ...]`` for a structure without fragments; ``K = 1``
+    when no frame has fragment charges).
     """
 
     positions: np.ndarray
@@ -101,6 +104,8 @@ class Batch(NamedTuple):
     has_polarization: np.ndarray
     has_born_charges: np.ndarray
     has_wannier_centres: np.ndarray
+    fragment: np.ndarray | None = None
+    fragment_charge: np.ndarray | None = None
     pair_i: np.ndarray | None = None
     pair_j: np.ndarray | None = None
     pair_shifts: np.ndarray | None = None
@@ -127,17 +132,23 @@ def pad(
     *,
     cutoff: float | None = None,
     capacity: int | None = None,
+    n_fragments: int | None = None,
 ) -> Batch:
     """Pad ``frames`` to ``n_max`` atoms each (and with empty structures to
     ``batch_size``); with ``cutoff`` (Å), add full neighbour lists padded to
     ``capacity`` pairs per structure (default: the largest count among ``frames``;
-    a frame with more pairs than ``capacity`` raises)."""
+    a frame with more pairs than ``capacity`` raises). ``n_fragments``: the width K
+    of ``fragment_charge`` (default: the most fragments among ``frames``)."""
     b = len(frames) if batch_size is None else batch_size
     if len(frames) > b:
         raise ValueError(f"{len(frames)} frames do not fit batch_size={b}")
     too_big = [f.n_atoms for f in frames if f.n_atoms > n_max]
     if too_big:
         raise ValueError(f"a frame has {max(too_big)} atoms, more than n_max={n_max}")
+    need_k = max([f.n_fragments for f in frames], default=1)
+    n_k = need_k if n_fragments is None else int(n_fragments)
+    if need_k > n_k:
+        raise ValueError(f"a frame has {need_k} fragments, more than n_fragments={n_k}")
     out = {
         "positions": np.zeros((b, n_max, 3)),
         "numbers": np.zeros((b, n_max), np.int32),
@@ -155,6 +166,8 @@ def pad(
         "polarization": np.zeros((b, 3)),
         "born_charges": np.zeros((b, n_max, 3, 3)),
         "wannier_centres": np.zeros((b, n_max, 3)),
+        "fragment": np.zeros((b, n_max), np.int32),
+        "fragment_charge": np.zeros((b, n_k)),
     }
     for name in _LABELS:
         out["has_" + name] = np.zeros(b)
@@ -186,6 +199,11 @@ def pad(
             out["cell"][k] = f.cell
         out["pbc"][k] = f.pbc
         out["charge"][k] = f.charge
+        if f.fragment_charges is None:
+            out["fragment_charge"][k, 0] = f.charge
+        else:
+            out["fragment"][k, :n] = f.fragments
+            out["fragment_charge"][k, : f.n_fragments] = f.fragment_charges
         out["weight"][k] = 1.0
         if f.field is not None:
             out["field"][k] = f.field
@@ -210,6 +228,12 @@ def unpad(batch: Batch) -> list[Frame]:
         n = int(batch.mask[k].sum())
         periodic = bool(batch.pbc[k].any())
         labels = {}
+        frag = batch.fragment
+        if frag is not None and batch.fragment_charge.shape[1] > 1:
+            ids = frag[k, :n].astype(np.int64)
+            if ids.max() > 0:  # a structure with fragment charges
+                labels["fragments"] = ids
+                labels["fragment_charges"] = batch.fragment_charge[k, : ids.max() + 1].copy()
         for name in _LABELS:
             if getattr(batch, "has_" + name)[k]:
                 value = getattr(batch, name)[k]
@@ -291,6 +315,7 @@ def batches(frames, batch_size, sizes=None, *, shuffle=False, seed=0):
     groups = {}
     for i, f in enumerate(frames):
         groups.setdefault(plan.key(f, i), []).append(i)
+    n_fragments = max([f.n_fragments for f in frames], default=1)
     rng = np.random.default_rng(seed)
     chunks = []
     for key in sorted(groups, key=lambda k: (KINDS.index(k[0]), k[1])):
@@ -307,7 +332,12 @@ def batches(frames, batch_size, sizes=None, *, shuffle=False, seed=0):
             if capacity is None:  # a bucket the plan never saw: size it from this batch
                 capacity = int(pair_counts([frames[i] for i in idx], plan.cutoff).max())
         yield pad(
-            [frames[i] for i in idx], key[1], batch_size, cutoff=plan.cutoff, capacity=capacity
+            [frames[i] for i in idx],
+            key[1],
+            batch_size,
+            cutoff=plan.cutoff,
+            capacity=capacity,
+            n_fragments=n_fragments,
         )
 
 

@@ -9,6 +9,13 @@ row-major ``Z[i, a, b] = d mu_a / d R_ib``), ``REF_polarizability`` (9 numbers,
 the Wannier centroid carried by each atom, see :attr:`Frame.wannier_centres`); an
 external field in ``info["field"]``). Periodic, slab and non-periodic structures mix
 freely in one list.
+
+Fragment constraints: ``info["fragment_charges"]`` (K,) e with a fragment index per
+atom in ``arrays["fragment"]`` (0 to K - 1, every fragment non-empty, the totals
+summing to the structure's charge) fix each fragment's total charge (an ion pair
+NH4+ ... BF4- at any separation); charge models that honour them (explicit, latent,
+QEq) constrain each fragment's charges to its total. Without ``fragment_charges`` a
+``fragment`` array is only descriptive and is ignored.
 """
 
 from __future__ import annotations
@@ -52,6 +59,9 @@ class Frame:
       wannier_centres: (N, 3) Å, one row per atom: for an oxygen the centroid of its
         valence localized (Wannier / Foster-Boys) orbitals, for a hydrogen its own
         position (it carries none); see :func:`jaxlr.data.qm.wannier_label`.
+      fragments: (N,) fragment index of each atom, or None (one fragment: the
+        structure). fragment_charges: (K,) e, each fragment's total charge (sums to
+        ``charge``), or None.
     """
 
     positions: np.ndarray
@@ -69,6 +79,21 @@ class Frame:
     born_charges: np.ndarray | None = None
     polarizability: np.ndarray | None = None
     wannier_centres: np.ndarray | None = None
+    fragments: np.ndarray | None = None
+    fragment_charges: np.ndarray | None = None
+
+    def __post_init__(self):
+        if (self.fragments is None) != (self.fragment_charges is None):
+            raise ValueError("fragments and fragment_charges go together (both or neither)")
+        if self.fragments is not None:
+            self.fragments, self.fragment_charges = _check_fragments(
+                self.fragments, self.fragment_charges, len(self.numbers), self.charge, "frame"
+            )
+
+    @property
+    def n_fragments(self) -> int:
+        """Number of charge-constrained fragments (1 without fragment charges)."""
+        return 1 if self.fragment_charges is None else len(self.fragment_charges)
 
     @property
     def n_atoms(self) -> int:
@@ -81,6 +106,31 @@ class Frame:
     def labels(self):
         """Names of the reference labels present."""
         return [name for name in LABELS if getattr(self, name) is not None]
+
+
+def _check_fragments(fragments, totals, n, charge, where):
+    """Validated ``(fragments (N,) int64, totals (K,) float64)``."""
+    totals = np.atleast_1d(np.asarray(totals, np.float64))
+    raw = np.asarray(fragments)
+    if raw.shape != (n,):
+        raise ValueError(f"{where}: 'fragment' has shape {raw.shape}, expected ({n},)")
+    frag = raw.astype(np.int64)
+    if totals.ndim != 1 or len(totals) == 0 or not np.all(np.isfinite(totals)):
+        raise ValueError(f"{where}: 'fragment_charges' must be a non-empty finite vector")
+    if np.any(frag != raw) or frag.min() < 0 or frag.max() >= len(totals):
+        raise ValueError(
+            f"{where}: 'fragment' must hold integers 0 to {len(totals) - 1} "
+            f"(one per entry of 'fragment_charges')"
+        )
+    empty = sorted(set(range(len(totals))) - set(frag.tolist()))
+    if empty:
+        raise ValueError(f"{where}: fragments {empty} of 'fragment_charges' have no atoms")
+    if abs(totals.sum() - charge) > 1e-6:
+        raise ValueError(
+            f"{where}: 'fragment_charges' sum to {totals.sum():.6g} but info['charge'] is "
+            f"{charge:.6g}"
+        )
+    return frag, totals
 
 
 def _where(source, index):
@@ -145,6 +195,14 @@ def from_atoms(atoms, *, source=None, index=0) -> Frame:
             f"{where}: REF_charges sum to {values['charges'].sum():.6g} but info['charge'] "
             f"is {charge:.6g}"
         )
+    if "fragment_charges" in atoms.info:
+        if "fragment" not in atoms.arrays:
+            raise ValueError(f"{where}: info['fragment_charges'] without arrays['fragment']")
+        if "charge" not in atoms.info:  # the fragments fix the total
+            charge = float(np.sum(atoms.info["fragment_charges"]))
+        values["fragments"], values["fragment_charges"] = _check_fragments(
+            atoms.arrays["fragment"], atoms.info["fragment_charges"], n, charge, where
+        )
     return Frame(positions, numbers, cell, pbc, charge, field=field, **values)
 
 
@@ -168,6 +226,9 @@ def to_atoms(frame: Frame):
     atoms.info["charge"] = float(frame.charge)
     if frame.field is not None:
         atoms.info["field"] = np.asarray(frame.field, np.float64)
+    if frame.fragment_charges is not None:
+        atoms.arrays["fragment"] = np.asarray(frame.fragments, np.int64)
+        atoms.info["fragment_charges"] = np.asarray(frame.fragment_charges, np.float64)
     for name, (key, place, _) in LABELS.items():
         value = getattr(frame, name)
         if value is None:

@@ -64,13 +64,20 @@ def fragment_matrix(fragments, n_fragments):
     return b
 
 
+def _empty_rows(b):
+    """(F,) 1.0 for an all-zero constraint row (a padded fragment), else 0.0."""
+    return (jnp.sum(jnp.abs(b), axis=1) == 0).astype(b.dtype)
+
+
 def solve_dense(hessian, electronegativity, constraints, totals):
     """Minimise ``chi.q + 1/2 q^T H q`` subject to ``constraints @ q = totals``.
 
     Args:
       hessian: (N, N) symmetric positive-definite H (eV/e^2).
       electronegativity: (N,) chi (eV/e).
-      constraints: (F, N) constraint rows B (static or traced); F may be 0.
+      constraints: (F, N) constraint rows B (static or traced); F may be 0. An
+        all-zero row (a padded fragment) must have a zero total; it constrains
+        nothing and its multiplier is 0.
       totals: (F,) constrained sums Q.
 
     Returns:
@@ -113,7 +120,7 @@ def solve_dense(hessian, electronegativity, constraints, totals):
         r_q, r_c = rhs[:n], rhs[n:]
         hinv_bt = jax.scipy.linalg.cho_solve((chol_c, True), b_c.T)  # (N, F)
         hinv_r = jax.scipy.linalg.cho_solve((chol_c, True), r_q)
-        schur = b_c @ hinv_bt  # (F, F)
+        schur = b_c @ hinv_bt + jnp.diag(_empty_rows(b_c))  # (F, F); empty rows: 0
         lam = jnp.linalg.solve(schur, b_c @ hinv_r - r_c)
         # [H' B^T; B 0] [q; lam] = r  <=>  [H B^T; B 0] [q; lam + c r_c] = r
         return jnp.concatenate([hinv_r - hinv_bt @ lam, lam + aug * r_c])
@@ -193,7 +200,9 @@ def solve_matrix_free(
     f = b.shape[0]
     m_inv = 1.0 / jax.lax.stop_gradient(diagonal)
     b_c = jax.lax.stop_gradient(b)
-    bmb = b_c @ (m_inv[:, None] * b_c.T)  # (F, F)
+    # an empty row (a padded fragment, total 0) gets a unit diagonal: its multiplier
+    # is then 0 and the other rows are untouched
+    bmb = b_c @ (m_inv[:, None] * b_c.T) + jnp.diag(_empty_rows(b_c))  # (F, F)
 
     def bmb_solve(x):
         return x if f == 0 else jnp.linalg.solve(bmb, x)

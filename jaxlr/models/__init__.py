@@ -3,7 +3,7 @@ baseline, local charge models (explicit and latent charges) and the charge-
 equilibration model (QEq, 4G-HDNNP style), long-range attention, Ewald message passing, LODE and the
 Wannier-centroid model (DPLR style)."""
 
-from jaxlr.models._attention import LongRangeAttention
+from jaxlr.models._attention import ChargeEmbedding, LongRangeAttention
 from jaxlr.models._ewald_mp import EwaldMessagePassing
 from jaxlr.models._lode import LODEModel
 from jaxlr.models._painn import PaiNN, cosine_cutoff, radial_basis
@@ -11,6 +11,7 @@ from jaxlr.models._potentials import (
     MODELS,
     Electrostatics,
     ExplicitCharges,
+    Fragments,
     LatentCharges,
     LatentDipoles,
     ShortRange,
@@ -36,11 +37,13 @@ __all__ = [
     "MODELS",
     "Electrostatics",
     "ExplicitCharges",
+    "Fragments",
     "LatentCharges",
     "LatentDipoles",
     "ShortRange",
     "QEqModel",
     "LongRangeAttention",
+    "ChargeEmbedding",
     "EwaldMessagePassing",
     "LODEModel",
     "WannierCentres",

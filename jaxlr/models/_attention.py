@@ -30,13 +30,32 @@ import jax.numpy as jnp
 from flax import nnx
 
 from jaxlr.models._painn import _MLP
-from jaxlr.models._potentials import ShortRange
+from jaxlr.models._potentials import ShortRange, total_charge
 
-__all__ = ["LongRangeAttention"]
+__all__ = ["LongRangeAttention", "ChargeEmbedding"]
 
 
 def _phi(x):
     return jax.nn.elu(x) + 1.0
+
+
+class ChargeEmbedding(nnx.Module):
+    """SpookyNet's electronic embedding of the total charge ``Q``: ``s_i += a_i w``
+    with ``a_i = Q softplus(k_i . u) / sum_j softplus(k_j . u)`` over the real atoms
+    (``sum_i a_i = Q``; ``k_i`` a linear map of ``s_i``, ``u`` and ``w`` learned).
+    A neutral structure's features are unchanged. Used by the attention, LODE and
+    Ewald message-passing models."""
+
+    def __init__(self, features, *, rngs):
+        f = int(features)
+        self.key = nnx.Linear(f, f, rngs=rngs)
+        self.query = nnx.Param(jax.random.normal(rngs.params(), (f,)) / jnp.sqrt(f))
+        self.value = nnx.Param(jax.random.normal(rngs.params(), (f,)) / jnp.sqrt(f))
+
+    def __call__(self, s, mask, charge):
+        score = jnp.where(mask, jax.nn.softplus(self.key(s) @ self.query[...]), 0.0)
+        weight = score / jnp.maximum(jnp.sum(score), 1e-12)
+        return s + jnp.asarray(total_charge(charge), s.dtype) * weight[:, None] * self.value[...]
 
 
 class LongRangeAttention(ShortRange):
@@ -51,9 +70,7 @@ class LongRangeAttention(ShortRange):
         self.hyper_items = self.hyper_items + (("n_attention", int(n_attention)),)
         f, hidden = self.hyper["features"], self.hyper["hidden"]
         rngs = nnx.Rngs(self.hyper["seed"] + 2)
-        self.charge_key = nnx.Linear(f, f, rngs=rngs)
-        self.charge_query = nnx.Param(jax.random.normal(rngs.params(), (f,)) / jnp.sqrt(f))
-        self.charge_value = nnx.Param(jax.random.normal(rngs.params(), (f,)) / jnp.sqrt(f))
+        self.charge_embedding = ChargeEmbedding(f, rngs=rngs)
         self.query = nnx.List([nnx.Linear(f, f, rngs=rngs) for _ in range(n_attention)])
         self.key = nnx.List([nnx.Linear(f, f, rngs=rngs) for _ in range(n_attention)])
         self.value = nnx.List([nnx.Linear(f, f, rngs=rngs) for _ in range(n_attention)])
@@ -62,10 +79,7 @@ class LongRangeAttention(ShortRange):
     def features(self, positions, numbers, mask, pairs, cell, charge=0.0):
         s = super().features(positions, numbers, mask, pairs, cell)
         m = mask[:, None].astype(s.dtype)
-        # the total charge, spread over the atoms with learned weights summing to Q
-        score = jnp.where(mask, jax.nn.softplus(self.charge_key(s) @ self.charge_query[...]), 0.0)
-        weight = score / jnp.maximum(jnp.sum(score), 1e-12)
-        s = s + jnp.asarray(charge, s.dtype) * weight[:, None] * self.charge_value[...]
+        s = self.charge_embedding(s, mask, charge)  # the total charge, spread over atoms
         for q_map, k_map, v_map, upd in zip(self.query, self.key, self.value, self.update):
             q, k, v = _phi(q_map(s)), _phi(k_map(s)) * m, v_map(s) * m
             kv = k.T @ v  # (F, F): sum_j phi(k_j) v_j^T

@@ -31,6 +31,7 @@ from flax import nnx
 
 from jaxlr.kernels.coulomb import coulomb_potential
 from jaxlr.kernels.ewald import ewald_potential
+from jaxlr.models._attention import ChargeEmbedding
 from jaxlr.models._painn import _MLP
 from jaxlr.models._potentials import Electrostatics, ShortRange, electrostatics_for
 
@@ -45,11 +46,13 @@ class EwaldMessagePassing(ShortRange):
     """Short-range backbone + Ewald (structure-factor) message passing (module
     docstring). Arguments as :class:`jaxlr.models.ShortRange`, plus
     ``ewald_channels`` (C, default 8) and ``n_ewald`` message-passing layers
-    (default 1); ``sigma`` is the widest channel's Gaussian width (Å)."""
+    (default 1); ``sigma`` is the widest channel's Gaussian width (Å);
+    ``charge_embedding`` (default True) adds the total-charge embedding of
+    :class:`jaxlr.models.LongRangeAttention` to the local features."""
 
     uses_ewald = True  # its cells need the Ewald route and real-space pair range
 
-    def __init__(self, *args, ewald_channels=8, n_ewald=1, **kwargs):
+    def __init__(self, *args, ewald_channels=8, n_ewald=1, charge_embedding=True, **kwargs):
         super().__init__(*args, **kwargs)
         for name, value in (("ewald_channels", ewald_channels), ("n_ewald", n_ewald)):
             if not (isinstance(value, int) and value >= 1):
@@ -57,6 +60,7 @@ class EwaldMessagePassing(ShortRange):
         self.hyper_items = self.hyper_items + (
             ("ewald_channels", int(ewald_channels)),
             ("n_ewald", int(n_ewald)),
+            ("charge_embedding", bool(charge_embedding)),
         )
         c = int(ewald_channels)
         self.widths = tuple(
@@ -66,6 +70,7 @@ class EwaldMessagePassing(ShortRange):
         rngs = nnx.Rngs(self.hyper["seed"] + 4)
         self.to_channels = nnx.List([nnx.Linear(f, c, rngs=rngs) for _ in range(n_ewald)])
         self.update = nnx.List([_MLP((c, hidden, f), rngs=rngs) for _ in range(n_ewald)])
+        self.charge_embedding = ChargeEmbedding(f, rngs=rngs) if charge_embedding else None
 
     def route(self, frames, kind, *, cutoff, accuracy=1e-5) -> Electrostatics:
         """The Ewald route of the widest channel (cells); molecules need none."""
@@ -92,10 +97,12 @@ class EwaldMessagePassing(ShortRange):
             raise ValueError(f"unknown electrostatics kind {electrostatics.kind!r}")
         return jax.vmap(one, in_axes=(1, 0), out_axes=1)(h, widths)
 
-    def features(self, positions, numbers, mask, pairs, cell, electrostatics=None):
+    def features(self, positions, numbers, mask, pairs, cell, electrostatics=None, charge=0.0):
         s = super().features(positions, numbers, mask, pairs, cell)
         if electrostatics is None:
             raise ValueError("EwaldMessagePassing.features needs the electrostatics route")
+        if self.charge_embedding is not None:
+            s = self.charge_embedding(s, mask, charge)
         m = mask[:, None].astype(s.dtype)
         for to_c, upd in zip(self.to_channels, self.update):
             h = to_c(s) * m
@@ -105,6 +112,7 @@ class EwaldMessagePassing(ShortRange):
 
     def __call__(self, positions, numbers, mask, pairs, cell, charge, electrostatics):
         dtype = positions.dtype
-        s = self.features(positions, numbers, mask, pairs, cell, electrostatics).astype(dtype)
+        s = self.features(positions, numbers, mask, pairs, cell, electrostatics, charge)
+        s = s.astype(dtype)
         atomic = self.energy_scale * self.energy_head(s)[:, 0] + self.species_energy[numbers]
         return {"energy": jnp.sum(jnp.where(mask, atomic, 0.0)), "charges": None}

@@ -26,6 +26,7 @@ import numpy as np
 from flax import nnx
 
 from jaxlr.kernels.lode import LodeConfig, kvector_indices, lode_free, lode_periodic, power_spectrum
+from jaxlr.models._attention import ChargeEmbedding
 from jaxlr.models._painn import _MLP
 from jaxlr.models._potentials import MAX_NUMBER, Electrostatics, ShortRange
 
@@ -40,6 +41,9 @@ class LODEModel(ShortRange):
       lode_channels: learned density channels (species mixtures).
       lode_smearing, lode_radius, lode_max_radial, lode_max_angular: the LODE basis
         (Å, Å; see :func:`jaxlr.lode.spherical_expansion`).
+      charge_embedding: add the total-charge embedding of
+        :class:`jaxlr.models.LongRangeAttention` to the local features (default; the
+        LODE density is the atoms', so without it Ag3+ and Ag3- look the same).
     """
 
     def __init__(
@@ -51,6 +55,7 @@ class LODEModel(ShortRange):
         lode_radius=4.0,
         lode_max_radial=3,
         lode_max_angular=1,
+        charge_embedding=True,
         **kwargs,
     ):
         super().__init__(*args, **kwargs)
@@ -66,6 +71,7 @@ class LODEModel(ShortRange):
             ("lode_radius", float(lode_radius)),
             ("lode_max_radial", int(lode_max_radial)),
             ("lode_max_angular", int(lode_max_angular)),
+            ("charge_embedding", bool(charge_embedding)),
         )
         # hyper_items must stay hashable: store the exponents as a tuple there too
         self.hyper_items = tuple(
@@ -89,6 +95,7 @@ class LODEModel(ShortRange):
         n_ps = a * a * (int(lode_max_angular) + 1) * (int(lode_max_radial) + 1) ** 2
         f, hidden = self.hyper["features"], self.hyper["hidden"]
         self.energy_head = _MLP((f + len(exponents) * n_ps, hidden, 1), rngs=rngs)
+        self.charge_embedding = ChargeEmbedding(f, rngs=rngs) if charge_embedding else None
 
     @property
     def hyper(self) -> dict:
@@ -135,6 +142,8 @@ class LODEModel(ShortRange):
     def __call__(self, positions, numbers, mask, pairs, cell, charge, electrostatics):
         dtype = positions.dtype
         s = self.features(positions, numbers, mask, pairs, cell).astype(dtype)
+        if self.charge_embedding is not None:
+            s = self.charge_embedding(s, mask, charge)
         x = jnp.concatenate(
             [s, self.lode_features(positions, numbers, mask, cell, electrostatics)], axis=1
         )

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -46,6 +47,9 @@ __all__ = [
     "Electrostatics",
     "electrostatics_for",
     "pair_cutoff",
+    "Fragments",
+    "total_charge",
+    "constraint_rows",
     "ShortRange",
     "ExplicitCharges",
     "LatentCharges",
@@ -57,6 +61,33 @@ __all__ = [
 ]
 
 MAX_NUMBER = 100
+
+
+class Fragments(NamedTuple):
+    """Fragment charge constraints of one padded structure, accepted wherever a model
+    takes the total ``charge``: ``index`` (N,) int, the fragment of each atom (padding
+    atoms: any), ``charges`` (K,) e, each fragment's total (a fragment without atoms
+    must have total 0: padding). Charge models constrain each fragment's charges to
+    its total; the others see the sum."""
+
+    index: jax.Array
+    charges: jax.Array
+
+
+def total_charge(charge):
+    """The structure's total charge from a scalar or :class:`Fragments`."""
+    return jnp.sum(charge.charges) if isinstance(charge, Fragments) else charge
+
+
+def constraint_rows(charge, mask, dtype):
+    """``(B (K, N), totals (K,))``: the charge constraints ``B q = totals`` over the
+    real atoms, one row for a scalar ``charge``, one per fragment for
+    :class:`Fragments`."""
+    if isinstance(charge, Fragments):
+        k = charge.charges.shape[0]
+        rows = (jax.nn.one_hot(charge.index, k, dtype=dtype) * mask[:, None]).T
+        return rows, jnp.asarray(charge.charges, dtype)
+    return mask.astype(dtype)[None, :], jnp.asarray(charge, dtype)[None]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -132,6 +163,15 @@ class ShortRange(nnx.Module):
         predicts a Gaussian atomic dipole per atom (e·Å, width ``sigma``; rotates with
         the structure), which enters the Coulomb energy (charge-dipole and
         dipole-dipole terms) and the dipole / polarization outputs.
+      charge_aware: explicit and latent charge models only: the energy head also
+        sees each atom's charge, ``E_i = scale * MLP(s_i, q_i) + c_Z q_i + e_Z``
+        (4G-HDNNP's charge-aware short-range network; ``c_Z`` per species, eV/e,
+        started by the trainer at the slope of the energy against the total charge
+        when the data pins it down). The charges carry the total charge
+        (``q_i = r_i - (sum r - Q) / n``), so the atomic energies can depend on the
+        charge state: Ag3+ and Ag3- at one geometry get different energies, which a
+        plain local charge model cannot give (its Coulomb energy is even in Q for a
+        symmetric structure).
     """
 
     has_charges = False
@@ -151,12 +191,14 @@ class ShortRange(nnx.Module):
         seed=0,
         backbone=None,
         atomic_dipoles=False,
+        charge_aware=False,
     ):
-        if atomic_dipoles and not self._local_charges:
-            raise ValueError(
-                f"atomic_dipoles=True is an option of the explicit and latent charge models, "
-                f"not of {type(self).__name__}"
-            )
+        for name, value in (("atomic_dipoles", atomic_dipoles), ("charge_aware", charge_aware)):
+            if value and not self._local_charges:
+                raise ValueError(
+                    f"{name}=True is an option of the explicit and latent charge models, "
+                    f"not of {type(self).__name__}"
+                )
         rngs = nnx.Rngs(seed)
         self.hyper_items = tuple(
             dict(
@@ -172,12 +214,18 @@ class ShortRange(nnx.Module):
         self.atomic_dipoles = bool(atomic_dipoles)
         if self.atomic_dipoles:
             self.hyper_items = self.hyper_items + (("atomic_dipoles", True),)
+        self.charge_aware = bool(charge_aware)
+        if self.charge_aware:
+            self.hyper_items = self.hyper_items + (("charge_aware", True),)
+            # a per-species linear charge energy e_Z q_i beside the head (the trainer
+            # starts it at the slope of the energy against the total charge)
+            self.species_charge_energy = nnx.Param(jnp.zeros(MAX_NUMBER + 1))
         self.cutoff = float(cutoff)
         self.sigma = float(sigma)
         self.backbone = backbone or PaiNN(
             features, n_layers, cutoff, n_basis, MAX_NUMBER, rngs=rngs
         )
-        self.energy_head = _MLP((features, hidden, 1), rngs=rngs)
+        self.energy_head = _MLP((features + self.charge_aware, hidden, 1), rngs=rngs)
         self.species_energy = nnx.Param(jnp.zeros(MAX_NUMBER + 1))
         self.energy_scale = nnx.Param(jnp.ones(()))
         if self.has_charges and self._direct_charges:
@@ -222,9 +270,7 @@ class ShortRange(nnx.Module):
     def charges(self, s, numbers, mask, charge):
         """(N,) charges summing exactly to ``charge`` over the real atoms."""
         raw = self.charge_head(s)[:, 0] + self.species_charge[numbers]
-        raw = jnp.where(mask, raw, 0.0)
-        n = jnp.maximum(jnp.sum(mask), 1)
-        return jnp.where(mask, raw - (jnp.sum(raw) - charge) / n, 0.0)
+        return constrain(raw, mask, charge)
 
     def __call__(self, positions, numbers, mask, pairs, cell, charge, electrostatics):
         dtype = positions.dtype
@@ -233,11 +279,14 @@ class ShortRange(nnx.Module):
         else:
             s = self.features(positions, numbers, mask, pairs, cell)
         s = s.astype(dtype)
-        atomic = self.energy_scale * self.energy_head(s)[:, 0] + self.species_energy[numbers]
+        q = self.charges(s, numbers, mask, charge).astype(dtype) if self.has_charges else None
+        head_in = jnp.concatenate([s, q[:, None]], axis=1) if self.charge_aware else s
+        atomic = self.energy_scale * self.energy_head(head_in)[:, 0] + self.species_energy[numbers]
+        if self.charge_aware:
+            atomic = atomic + self.species_charge_energy[numbers] * q
         energy = jnp.sum(jnp.where(mask, atomic, 0.0))
         if not self.has_charges:
             return {"energy": energy, "charges": None}
-        q = self.charges(s, numbers, mask, charge).astype(dtype)
         p = None
         if self.atomic_dipoles:
             g = self.dipole_gate(s)  # invariant gates on the equivariant vectors
@@ -248,6 +297,19 @@ class ShortRange(nnx.Module):
         if p is not None:
             out["dipoles"] = p
         return out
+
+
+def constrain(raw, mask, charge):
+    """(N,) charges from raw per-atom values: shifted uniformly over the real atoms
+    to sum exactly to ``charge`` (``q_i = r_i - (sum_j r_j - Q) / n``), or, with
+    :class:`Fragments`, over each fragment's atoms to its total."""
+    raw = jnp.where(mask, raw, 0.0)
+    if isinstance(charge, Fragments):
+        rows, totals = constraint_rows(charge, mask, raw.dtype)
+        shift = (rows @ raw - totals) / jnp.maximum(jnp.sum(rows, axis=1), 1.0)
+        return jnp.where(mask, raw - rows.T @ shift, 0.0)
+    n = jnp.maximum(jnp.sum(mask), 1)
+    return jnp.where(mask, raw - (jnp.sum(raw) - charge) / n, 0.0)
 
 
 def coulomb(positions, q, mask, pairs, cell, sigma, electrostatics, dipoles=None):

@@ -43,7 +43,7 @@ from jaxlr.kernels.coulomb import coulomb_potential
 from jaxlr.kernels.ewald import ewald_matrix, ewald_potential
 from jaxlr.kernels.qeq import coulomb_matrix, solve_dense, solve_matrix_free
 from jaxlr.models._painn import _MLP
-from jaxlr.models._potentials import MAX_NUMBER, ShortRange
+from jaxlr.models._potentials import MAX_NUMBER, ShortRange, constraint_rows
 from jaxlr.units import COULOMB
 
 __all__ = ["QEqModel"]
@@ -183,8 +183,7 @@ class QEqModel(ShortRange):
         chi = jnp.where(mask, chi, 0.0)
         hard = self.hardness(numbers).astype(dtype)
         sig = self.widths(numbers).astype(dtype)
-        constraint = mask.astype(dtype)[None, :]
-        totals = jnp.asarray(charge, dtype)[None]
+        constraint, totals = constraint_rows(charge, mask, dtype)
         if self.solver == "matrix_free":
             phi = self.potential_fn(positions, mask, pairs, cell, sig, electrostatics)
             hard_p = jnp.where(mask, hard, 1.0)
