@@ -6,7 +6,9 @@ sign; periodic cells), charges (e, charge models), dipole (e·Å; for a cell the
 dipole ``V P``), polarization (e/Å^2, cells, branch nearest zero) and
 born_effective_charges ((N, 3, 3) e, ``Z[i, a, b] = d mu_a / d R_ib``, computed only when
 asked for) as float64 numpy arrays. The total charge comes from
-``atoms.info["charge"]`` (default 0); an external field (V/Å) from
+``atoms.info["charge"]`` (default 0; with ``info["fragment_charges"]`` and
+``arrays["fragment"]`` the charge models hold each fragment at its total, see
+:mod:`jaxlr.data`); an external field (V/Å) from
 ``atoms.info["field"]`` or the calculator's ``field``: the energy is then the electric
 enthalpy ``U - mu . field`` and the forces include the field force
 (:mod:`jaxlr.response`).
@@ -217,6 +219,18 @@ class Calculator(_AseCalculator):
         cell = np.asarray(atoms.cell.array, np.float64) if any(pbc) else None
         frame = Frame(positions, numbers, cell, pbc, charge)
         el = self._route(frame, kind(frame))
+        total = jnp.asarray(charge, jnp.asarray(1.0).dtype)
+        if "fragment_charges" in atoms.info:  # per-fragment charge constraints
+            from jaxlr.data._io import _check_fragments
+            from jaxlr.models import Fragments
+
+            frag, totals = _check_fragments(
+                atoms.arrays.get("fragment", np.zeros(0)),
+                atoms.info["fragment_charges"],
+                len(numbers),
+                charge,
+                "atoms",
+            )
         i, j, shifts = self._pairs(positions, numbers, cell, pbc)
         n = len(numbers)
         n_pad = -(-n // self.atom_multiple) * self.atom_multiple
@@ -232,6 +246,10 @@ class Calculator(_AseCalculator):
         ps, pm = np.zeros((p_pad, 3), np.int32), np.zeros(p_pad, bool)
         pi[:p], pj[:p], ps[:p], pm[:p] = i, j, shifts, True
         dtype = jnp.asarray(1.0).dtype
+        if "fragment_charges" in atoms.info:
+            index = np.zeros(n_pad, np.int32)
+            index[:n] = frag
+            total = Fragments(jnp.asarray(index), jnp.asarray(totals, dtype))
         out = self._evaluate(
             self._state,
             jnp.asarray(pos, dtype),
@@ -242,7 +260,7 @@ class Calculator(_AseCalculator):
             jnp.asarray(ps),
             jnp.asarray(pm),
             jnp.asarray(cell if cell is not None else np.eye(3), dtype),
-            jnp.asarray(charge, dtype),
+            total,
             jnp.asarray(field, dtype),
             el,
             born,

@@ -42,6 +42,35 @@ def test_charged_molecule_conserves_charge_and_gives_a_dipole():
     np.testing.assert_allclose(atoms.get_dipole_moment(), q @ atoms.positions, atol=1e-12)
 
 
+def test_fragment_charges_reach_the_model():
+    """info["fragment_charges"] holds each fragment at its total, as predict_frames."""
+    from jaxlr import train
+    from jaxlr.data import Frame
+
+    frame = datasets.load("nacl_path")[3]
+    frag = (np.arange(frame.n_atoms) >= 9).astype(int)
+    split = Frame(
+        frame.positions,
+        frame.numbers,
+        charge=1.0,
+        fragments=frag,
+        fragment_charges=np.array([2.0, -1.0]),
+    )
+    model = models.build("latent", **SMALL, seed=4)
+    atoms = to_atoms(split)
+    atoms.calc = Calculator(model)
+    q = atoms.get_charges()
+    np.testing.assert_allclose([q[:9].sum(), q[9:].sum()], [2.0, -1.0], atol=1e-12)
+    ref = train.predict_frames(model, [split])[0]
+    np.testing.assert_allclose(q, ref["charges"], atol=1e-12)
+    assert atoms.get_potential_energy() == pytest.approx(ref["energy"], abs=1e-9)
+    bad = atoms.copy()
+    bad.info["fragment_charges"] = np.array([2.0, -2.0])
+    bad.calc = Calculator(model)
+    with pytest.raises(ValueError, match="fragment_charges' sum to 0"):
+        bad.get_charges()
+
+
 def test_field_born_charges_and_polarization(cell_atoms):
     """Forces under info['field'] are the enthalpy's; Born charges are d F / d field
     (finite differences through the calculator) with an exact sum rule; cells get a
