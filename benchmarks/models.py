@@ -11,12 +11,15 @@ energy and force RMSE, charge RMSE (models with charges), and the set's own chec
 - ``ag3_charge_states``: the charge-state split ``E(Ag3+) - E(Ag3-)`` at the same
   geometry (GFN2-xTB: 16.5-17.2 eV), MAE over every fifth geometry, train and test
   alike (it measures whether a family can represent the charge state at all);
-- ``carbon_chains``: charge RMSE of the far half of C10H3+ (charge transfer along a
-  chain longer than the 5 Å cutoff), where labels exist;
+- ``carbon_chains``: on the held-out C10H3+ frames, the energy RMSE (meV/atom) and,
+  for models with charges, the charge RMSE (me) of the atoms more than 6 Å from the
+  protonated (CH2) carbon: the charge transferred along a chain longer than the 5 Å
+  cutoff;
 - ``dimer_curves``: MAE of the binding energy (dimer minus its two fragments at the
   same geometry, GFN2-xTB ``REF_fragment_energies``) beyond 7 Å, per dimer kind
   (charged NH4+...BF4-, polar water, apolar methane), over every frame;
-- ``nacl_clusters``: the Na9Cl8+ pull-out path RMSE (``nacl_path``);
+- ``nacl_clusters``: the Na9Cl8+ pull-out path RMSE (``nacl_path``, energies
+  relative to the first frame; also per atom, 17 atoms);
 - ``water_wannier``: molecular dipole RMSE (Debye) of the held-out clusters against
   the DFT (pyscf) dipoles, and for the Wannier model the centroid RMSE (target:
   dipoles within 0.05 D). Run the dipolar families on it with
@@ -80,6 +83,19 @@ def charge_split(model):
     return float(np.mean(np.abs(split_pred - split_ref))), float(np.mean(split_ref))
 
 
+def with_fragment_charges(frames):
+    """dimer_curves frames with each dimer's fragment charges (NH4+ +1, BF4- -1;
+    neutral monomers 0) where the file does not carry ``fragment_charges``."""
+    atoms = ase.io.read(str(datasets.path("dimer_curves")), index=":")
+    out = []
+    for f, a in zip(frames, atoms):
+        if f.fragment_charges is None and "separation" in a.info:
+            q = np.array({"charged": (1.0, -1.0)}.get(a.info["dimer"], (0.0, 0.0)))
+            f = dataclasses.replace(f, fragments=a.arrays["fragment"], fragment_charges=q)
+        out.append(f)
+    return out
+
+
 def fragments(a):
     frag = a.arrays["fragment"]
     charges = {"charged": (1.0, -1.0)}.get(a.info["dimer"], (0.0, 0.0))
@@ -94,7 +110,13 @@ def dimer_tails(model, beyond=7.0):
     atoms = ase.io.read(str(datasets.path("dimer_curves")), index=":")
     atoms = [a for a in atoms if "separation" in a.info and a.info["separation"] > beyond]
     dimers = [from_atoms(a) for a in atoms]
-    if not args.fragments:
+    if args.fragments:
+        for k, a in enumerate(atoms):
+            q = np.array({"charged": (1.0, -1.0)}.get(a.info["dimer"], (0.0, 0.0)))
+            dimers[k] = dataclasses.replace(
+                dimers[k], fragments=a.arrays["fragment"], fragment_charges=q
+            )
+    else:
         dimers = [dataclasses.replace(f, fragments=None, fragment_charges=None) for f in dimers]
     parts = [f for a in atoms for f in fragments(a)]
     pd, pp = train.predict_frames(model, dimers), train.predict_frames(model, parts)
@@ -104,6 +126,26 @@ def dimer_tails(model, beyond=7.0):
         ref = a.info["REF_energy"] - float(np.sum(a.info["REF_fragment_energies"]))
         out.setdefault(a.info["dimer"], []).append(abs(bind - ref))
     return {k: float(np.mean(v)) * 1e3 for k, v in out.items()}
+
+
+def far_charges(model, test):
+    """C10H3+ test frames: energy RMSE per atom (meV) and the charge RMSE (me) of the
+    atoms > 6 Å from the CH2 carbon (None without charges)."""
+    cations = [f for f in test if f.charge == 1.0]
+    pred = train.predict_frames(model, cations)
+    e = [(p["energy"] - f.energy) / f.n_atoms for p, f in zip(pred, cations)]
+    e_rmse = float(np.sqrt(np.mean(np.square(e)))) * 1e3
+    if pred[0]["charges"] is None or cations[0].charges is None:
+        return e_rmse, None
+    errs = []
+    for p, f in zip(pred, cations):
+        d = np.linalg.norm(f.positions[:, None] - f.positions[None], axis=-1)
+        carbons = np.flatnonzero(f.numbers == 6)
+        hydrogens = f.numbers == 1
+        ch2 = carbons[np.argmax([np.sum(hydrogens & (d[c] < 1.3)) for c in carbons])]
+        far = d[ch2] > 6.0
+        errs.append(p["charges"][far] - f.charges[far])
+    return e_rmse, float(np.sqrt(np.mean(np.square(np.concatenate(errs))))) * 1e3
 
 
 def pull_out(model):
@@ -130,6 +172,8 @@ def parse_model(spec):
 rows = []
 for set_name in args.sets.split(","):
     frames = datasets.load(set_name)
+    if set_name == "dimer_curves" and args.fragments:
+        frames = with_fragment_charges(frames)
     if not args.fragments:
         frames = [dataclasses.replace(f, fragments=None, fragment_charges=None) for f in frames]
     for spec in args.models.split(","):
@@ -170,8 +214,14 @@ for set_name in args.sets.split(","):
                 if "wannier_centres" in pred[0]:
                     c = train.metrics_from(pred, test)["wannier_centres"]["rmse"]
                     check += f", centroid RMSE {c * 1e3:.1f} mÅ"
+            elif set_name == "carbon_chains":
+                e_c, q_far = far_charges(model, test)
+                check = f"C10H3+ E RMSE {e_c:.2f} meV/atom"
+                if q_far is not None:
+                    check += f", far-half q RMSE {q_far:.0f} me"
             elif set_name == "nacl_clusters":
-                check = f"path RMSE {pull_out(model):.0f} meV"
+                path_rmse = pull_out(model)
+                check = f"path RMSE {path_rmse:.0f} meV ({path_rmse / 17:.1f} meV/atom)"
             else:
                 check = ""
             q = m.get("charges")

@@ -57,9 +57,10 @@ def test_default_dataset_has_documented_frames_labels_and_checksum(clusters):
     for name in datasets.NAMES:
         assert datasets.checksum(datasets.path(name)) == record[name]["sha256"]
         assert record[name]["settings"] == datasets.SETTINGS[name]
-    assert len(clusters) == 600 == record["nacl_clusters"]["n_frames"]
+    assert len(clusters) == 900 == record["nacl_clusters"]["n_frames"]
     sizes = [f.n_atoms for f in clusters]
-    assert sizes.count(16) == 300 and sizes.count(17) == 300
+    assert sizes[:600].count(16) == 300 and sizes[:600].count(17) == 300
+    assert sizes[600:750] == [16] * 150 and sizes[750:] == [17] * 150
     for f in clusters:
         assert f.labels() == ["energy", "forces", "charges", "dipole"]
         assert f.charge == (1.0 if f.n_atoms == 17 else 0.0)
@@ -67,9 +68,18 @@ def test_default_dataset_has_documented_frames_labels_and_checksum(clusters):
     # the settings travel inside the file too
     import ase.io
 
-    first = ase.io.read(datasets.path("nacl_clusters"), index=0, format="extxyz")
+    every = ase.io.read(datasets.path("nacl_clusters"), index=":", format="extxyz")
+    first = every[0]
     assert first.info["gen_seed"] == datasets.SETTINGS["nacl_clusters"]["seed"]
     assert first.info["gen_method"] == "GFN2-xTB"
+    # the pulled-out frames: one outer Na moved 0-7 Å radially, away from the rest
+    for a in every[600:]:
+        i, d = a.info["pull_atom"], a.info["pull_distance"]
+        assert a.numbers[i] == 11 and 0.0 <= d <= 7.0
+        rest = np.delete(a.positions, i, axis=0)
+        gap = np.min(np.linalg.norm(rest - a.positions[i], axis=1))
+        assert gap > 2.0  # never dragged into the cluster
+    assert "pull_atom" not in every[0].info
     bulk = datasets.load("nacl_bulk")
     assert len(bulk) == 200 and all(f.stress is not None and f.periodic for f in bulk)
 

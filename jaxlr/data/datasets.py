@@ -5,7 +5,12 @@
 ======================= ======================================================================
  ``nacl_clusters``       the default: Na8Cl8 (neutral) and Na9Cl8+ (charge +1) clusters,
                          300 frames each, GFN2-xTB energies, forces, Mulliken charges and
-                         dipoles (tblite), sampled by Langevin MD at 600 K plus 0.05 Å noise
+                         dipoles (tblite), sampled by Langevin MD at 600 K plus 0.05 Å
+                         noise; then 150 further frames of each in which one Na of the
+                         outer half (by distance from the centroid) is moved radially
+                         0-7 Å away (``info["pull_distance"]``, ``info["pull_atom"]``;
+                         a draw whose SCC fails within 1000 iterations is replaced by
+                         the next): 900 frames
  ``nacl_path``           Na9Cl8+ with its outermost Na pulled radially away, 0 to 6 Å in 25
                          steps, GFN2-xTB labels (the physics check of ``jaxlr fit``)
  ``nacl_bulk``           periodic rock-salt NaCl, 8-atom cubic cells, each under a random
@@ -70,7 +75,8 @@ with ``Z[i, a, b] = d mu_a / d R_ib``; the polarizability row-major,
 ``alpha[a, b] = d mu_a / d E_b`` (see :mod:`jaxlr.data.reference`). A reader that does
 not know these keys (:func:`jaxlr.data.from_atoms`, hence :func:`load`) ignores them,
 and ``wannier_core_dipole``, and the descriptive keys (``geometry``, ``dimer``,
-``monomer``, ``separation``, ``copy``, ``fragment``) too; read them with
+``monomer``, ``separation``, ``copy``, ``fragment``, ``pull_distance``,
+``pull_atom``) too; read them with
 ``ase.io.read(path(NAME), index=":")``.
 
 SCC notes. Ag3- near the equilateral geometry has a (nearly) degenerate, half-filled
@@ -130,6 +136,9 @@ SETTINGS = {
         "interval": 10,
         "displacement": 0.05,
         "seed": 20261128,
+        "pull_frames": 150,
+        "pull_distance": [0.0, 7.0],
+        "pull_max_iterations": 1000,
     },
     "nacl_path": {
         "method": "GFN2-xTB",
@@ -323,7 +332,48 @@ def _nacl_clusters(s):
             seed=s["seed"] + k,
         )
         out += reference.label_frames(frames, method=s["method"])
+    # pulled-out frames, after the thermal ones (whose bytes do not change): further
+    # thermal frames, each with one Na of the outer half (its distance from the
+    # centroid at least the median Na's, so it is not dragged through the cluster)
+    # moved radially away, so that the training data covers what the nacl_path check
+    # asks; a draw whose SCC does not converge is replaced by the next draw
+    for k, (n_na, n_cl) in enumerate(s["systems"]):
+        start = reference.nacl_cluster(n_na, n_cl, seed=s["seed"])
+        frames = reference.sample(
+            start,
+            s["pull_frames"],
+            temperature=s["temperature"],
+            timestep=s["timestep"],
+            interval=s["interval"],
+            displacement=s["displacement"],
+            seed=s["seed"] + 10 + k,
+        )
+        rng = np.random.default_rng(s["seed"] + 20 + k)
+        for a in frames:
+            out.append(_pulled(a, rng, s, reference))
     return out
+
+
+def _pulled(atoms, rng, s, reference):
+    """``atoms`` with one outer Na pulled radially by a random distance, labelled."""
+    na = np.flatnonzero(atoms.numbers == 11)
+    for _ in range(20):
+        centre = atoms.positions.mean(axis=0)
+        radius = np.linalg.norm(atoms.positions[na] - centre, axis=1)
+        i = int(rng.choice(na[radius >= np.median(radius)]))
+        d = float(rng.uniform(*s["pull_distance"]))
+        a = atoms.copy()
+        radial = a.positions[i] - centre
+        a.positions[i] += d * radial / np.linalg.norm(radial)
+        a.info["pull_distance"], a.info["pull_atom"] = d, i
+        try:
+            return reference.label_frames(
+                [a], method=s["method"], max_iterations=s["pull_max_iterations"]
+            )[0]
+        except Exception as err:  # tblite's SCC failure ("SCF not converged"): draw again
+            if type(err).__name__ != "TBLiteRuntimeError":
+                raise
+    raise RuntimeError("20 pull-out draws in a row did not converge")
 
 
 def _nacl_path(s):
@@ -785,6 +835,8 @@ _METADATA = (
     ("separation", "info", float),
     ("copy", "info", int),
     ("fragment", "arrays", int),
+    ("pull_distance", "info", float),
+    ("pull_atom", "info", int),
 )
 
 
