@@ -735,7 +735,10 @@ def lode_free(positions, species_onehot, config: LodeConfig, mask=None):
         )
         return jnp.einsum("ja,jmn->amn", onehot, val)
 
-    coef = jax.lax.map(one, positions)
+    # centres in vectorised chunks of at most ~2^22 (pair, node) Bessel evaluations
+    n = positions.shape[0]
+    chunk = max(1, min(n, (1 << 22) // max(1, n * len(kq) * (config.max_angular + 1))))
+    coef = jax.lax.map(one, positions, batch_size=chunk)
     return _center_weight(coef, onehot, config)
 
 
