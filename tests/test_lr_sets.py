@@ -136,6 +136,7 @@ def test_dimer_curves_layout_fragments_and_monomers(name, images):
     assert sorted(np.unique(copy)) == list(range(1 + s["copies"]))
     for m in monomers:
         assert np.all(m.arrays["fragment"] == m.info["monomer"])
+        assert "fragment_charges" not in m.info  # a monomer is one fragment
     energies = np.array([m.info["REF_energy"] for m in monomers])
     for a in frames:
         part = a.arrays["fragment"]
@@ -146,6 +147,10 @@ def test_dimer_curves_layout_fragments_and_monomers(name, images):
         centres = [p.get_center_of_mass() for p in pieces]
         assert abs(np.linalg.norm(centres[1] - centres[0]) - a.info["separation"]) < 1e-6
         assert a.info["charge"] == sum(m.info["charge"] for m in monomers)
+        charges = a.info["fragment_charges"]
+        assert charges.dtype.kind == "f"
+        assert charges.tolist() == [m.info["charge"] for m in monomers]
+        assert charges.tolist() == ([1.0, -1.0] if name == "charged" else [0.0, 0.0])
         if a.info["separation"] >= 6.0:  # integer charges on separated fragments
             q = a.arrays["REF_charges"][part == 0].sum()
             assert abs(q - monomers[0].info["charge"]) < 1e-3

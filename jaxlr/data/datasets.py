@@ -56,7 +56,9 @@
                          ``arrays["fragment"]`` (0 or 1); per dimer frame
                          ``info["REF_fragment_energies"]`` (2,), eV, the energies of the
                          two isolated fragments at their geometry in that frame, so the
-                         binding energy is ``REF_energy - sum(REF_fragment_energies)``.
+                         binding energy is ``REF_energy - sum(REF_fragment_energies)``;
+                         per dimer frame ``info["fragment_charges"]`` (2,), e, the charge
+                         of each fragment: models that honour fragment constraints read it.
                          GFN2-xTB at tblite accuracy 1e-5 (the apolar tail is ~1e-5 eV)
  ``water_wannier``       (H2O)_n, n = 1 to 6 (cyclic for n >= 3; 60, 50, 20, 10, 6, 4
                          frames: 150), relaxed and sampled with GFN2-xTB (Langevin MD at
@@ -739,6 +741,7 @@ def _dimer_curves(s):
                     frames.append(trial)
             for copy, frame in enumerate(frames):
                 frame.info.update(dimer=name, separation=float(r), copy=copy)
+                frame.info["fragment_charges"] = np.array([m.info["charge"] for m in monomers])
                 part = frame.arrays["fragment"]
                 isolated = []
                 for k, m in enumerate(monomers):
@@ -827,13 +830,14 @@ _EXTRA_LABELS = (
     ("wannier_core_dipole", "info", (3,)),
 )
 #: descriptive keys carried from the generator's frames into the file (after the
-#: labels, in this order): key, place, type
+#: labels, in this order): key, place, type (of the value or, for a vector, its entries)
 _METADATA = (
     ("geometry", "info", int),
     ("dimer", "info", str),
     ("monomer", "info", int),
     ("separation", "info", float),
     ("copy", "info", int),
+    ("fragment_charges", "info", float),
     ("fragment", "arrays", int),
     ("pull_distance", "info", float),
     ("pull_atom", "info", int),
@@ -862,8 +866,10 @@ def _with_metadata(atoms, source):
         origin = source.info if place == "info" else source.arrays
         if key not in origin:
             continue
-        if place == "info":
+        if place == "info" and np.ndim(origin[key]) == 0:
             atoms.info[key] = kind(origin[key])
+        elif place == "info":  # a per-frame vector, e.g. fragment_charges
+            atoms.info[key] = np.asarray(origin[key]).astype(kind)
         else:
             atoms.arrays[key] = np.asarray(origin[key]).astype(kind)
     return atoms
