@@ -77,9 +77,11 @@ with ``Z[i, a, b] = d mu_a / d R_ib``; the polarizability row-major,
 ``alpha[a, b] = d mu_a / d E_b`` (see :mod:`jaxlr.data.reference`). A reader that does
 not know these keys (:func:`jaxlr.data.from_atoms`, hence :func:`load`) ignores them,
 and ``wannier_core_dipole``, and the descriptive keys (``geometry``, ``dimer``,
-``monomer``, ``separation``, ``copy``, ``fragment``, ``pull_distance``,
-``pull_atom``) too; read them with
-``ase.io.read(path(NAME), index=":")``.
+``monomer``, ``separation``, ``copy``, ``pull_distance``, ``pull_atom``) too; read
+them with ``ase.io.read(path(NAME), index=":")``. ``fragment`` with
+``fragment_charges`` (the dimer frames) becomes :attr:`Frame.fragments` and
+:attr:`Frame.fragment_charges` (each fragment's charge constrained by the charge
+models).
 
 SCC notes. Ag3- near the equilateral geometry has a (nearly) degenerate, half-filled
 HOMO pair. With tblite's default Fermi smearing (300 K) the SCC of 7 of the 100
