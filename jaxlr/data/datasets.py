@@ -320,40 +320,38 @@ def _record(atoms, name, settings):
     return atoms
 
 
+def _nacl_thermal(s, k, n_frames, seed):
+    """``n_frames`` unlabelled 600 K frames of system ``k`` of ``nacl_clusters``."""
+    from jaxlr.data import reference
+
+    n_na, n_cl = s["systems"][k]
+    start = reference.nacl_cluster(n_na, n_cl, seed=s["seed"])
+    return reference.sample(
+        start,
+        n_frames,
+        temperature=s["temperature"],
+        timestep=s["timestep"],
+        interval=s["interval"],
+        displacement=s["displacement"],
+        seed=seed,
+    )
+
+
 def _nacl_clusters(s):
     from jaxlr.data import reference
 
     out = []
-    for k, (n_na, n_cl) in enumerate(s["systems"]):
-        start = reference.nacl_cluster(n_na, n_cl, seed=s["seed"])
-        frames = reference.sample(
-            start,
-            s["n_frames"],
-            temperature=s["temperature"],
-            timestep=s["timestep"],
-            interval=s["interval"],
-            displacement=s["displacement"],
-            seed=s["seed"] + k,
-        )
+    for k in range(len(s["systems"])):
+        frames = _nacl_thermal(s, k, s["n_frames"], s["seed"] + k)
         out += reference.label_frames(frames, method=s["method"])
     # pulled-out frames, after the thermal ones (whose bytes do not change): further
     # thermal frames, each with one Na of the outer half (its distance from the
     # centroid at least the median Na's, so it is not dragged through the cluster)
     # moved radially away, so that the training data covers what the nacl_path check
     # asks; a draw whose SCC does not converge is replaced by the next draw
-    for k, (n_na, n_cl) in enumerate(s["systems"]):
-        start = reference.nacl_cluster(n_na, n_cl, seed=s["seed"])
-        frames = reference.sample(
-            start,
-            s["pull_frames"],
-            temperature=s["temperature"],
-            timestep=s["timestep"],
-            interval=s["interval"],
-            displacement=s["displacement"],
-            seed=s["seed"] + 10 + k,
-        )
+    for k in range(len(s["systems"])):
         rng = np.random.default_rng(s["seed"] + 20 + k)
-        for a in frames:
+        for a in _nacl_thermal(s, k, s["pull_frames"], s["seed"] + 10 + k):
             out.append(_pulled(a, rng, s, reference))
     return out
 
